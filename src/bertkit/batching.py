@@ -1,0 +1,106 @@
+"""One batching path for training, evaluation and inference.
+
+Examples are grouped by length so that each batch is padded only to its own
+longest member: on a CPU every padded position is wasted matrix-multiply work.
+A feature is a dict of plain Python values (lists of ints for per-token fields,
+numbers for per-example fields); `collate` turns a list of them into tensors.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Iterator, Sequence
+
+import torch
+
+# Value used to pad each per-token field. Labels pad with -100, the value
+# torch's cross-entropy ignores, so padded positions never reach a loss.
+PAD_VALUES = {
+    "input_ids": 0,
+    "token_type_ids": 0,
+    "attention_mask": 0,
+    "labels": -100,
+    "special_tokens_mask": 1,
+}
+
+
+def length_batches(
+    lengths: Sequence[int],
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+    bucket_batches: int = 50,
+) -> list[list[int]]:
+    """Index batches whose members have similar lengths.
+
+    Without shuffle (evaluation, inference) indices are sorted longest first,
+    so the largest batch is met first and memory use is known at once.
+    With shuffle (training) the order is random but local: a random permutation
+    is cut into buckets of `bucket_batches` batches, each bucket is sorted by
+    length and cut into batches, and the batches are shuffled.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n = len(lengths)
+    if not shuffle:
+        order = sorted(range(n), key=lambda i: -lengths[i])
+        return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    rng = random.Random(seed)
+    order = list(range(n))
+    rng.shuffle(order)
+    bucket = batch_size * bucket_batches
+    batches: list[list[int]] = []
+    for start in range(0, n, bucket):
+        chunk = sorted(order[start : start + bucket], key=lambda i: lengths[i])
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(features: Sequence[dict], pad_to_multiple_of: int = 1) -> dict[str, torch.Tensor]:
+    """Stack features into tensors, padding per-token fields to the batch's longest."""
+    if not features:
+        raise ValueError("cannot collate an empty batch")
+    batch: dict[str, torch.Tensor] = {}
+    for key, first in features[0].items():
+        if isinstance(first, (list, tuple)):
+            width = max(len(f[key]) for f in features)
+            width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+            pad = PAD_VALUES.get(key, 0)
+            rows = [list(f[key]) + [pad] * (width - len(f[key])) for f in features]
+            batch[key] = torch.tensor(rows, dtype=torch.long)
+        elif isinstance(first, float):
+            batch[key] = torch.tensor([f[key] for f in features], dtype=torch.float)
+        elif isinstance(first, int):
+            batch[key] = torch.tensor([f[key] for f in features], dtype=torch.long)
+        # Anything else (ids, raw text, offsets) stays out of the tensors.
+    return batch
+
+
+class Batches:
+    """Re-iterable batches over a list of features; `set_epoch` reshuffles."""
+
+    def __init__(self, features: Sequence[dict], batch_size: int, *, shuffle: bool = False,
+                 seed: int = 0, length_key: str = "input_ids", pad_to_multiple_of: int = 1):
+        self.features = features
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.lengths = [len(f[length_key]) for f in features]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def index_batches(self) -> list[list[int]]:
+        return length_batches(self.lengths, self.batch_size, shuffle=self.shuffle,
+                              seed=self.seed + self.epoch)
+
+    def __len__(self) -> int:
+        return -(-len(self.features) // self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for idx in self.index_batches():
+            yield collate([self.features[i] for i in idx], self.pad_to_multiple_of)

@@ -32,8 +32,204 @@ def _add_tokenize(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_vocab(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("vocab", help="learn a WordPiece vocabulary (vocab.txt + tokenizer_config.json) from text")
+    p.add_argument("inputs", nargs="+", help="text files, one text per line (.jsonl: one JSON object per line)")
+    p.add_argument("--output", required=True, help="directory to write vocab.txt and tokenizer_config.json")
+    p.add_argument("--vocab-size", type=int, default=30522, help="tokens in all, special tokens included")
+    p.add_argument("--cased", action="store_true", help="keep case and accents (default: lowercase, strip accents)")
+    p.add_argument("--text-field", default=None, help="read every input as JSON lines, text in this field "
+                   "(default: 'text' for .jsonl files, plain lines otherwise)")
+    p.add_argument("--unused", type=int, default=0, help="[unusedN] slots after [PAD], as in bert-base (which has 994)")
+    p.add_argument("--min-frequency", type=int, default=2, help="never merge pairs seen fewer times")
+    p.add_argument("--criterion", choices=["likelihood", "ratio"], default="likelihood",
+                   help="merge score: unigram likelihood gain, or count(ab)/(count(a)*count(b))")
+    p.add_argument("--workers", type=int, default=None, help="processes for word counting (default: all cores)")
+    p.add_argument("--no-progress", action="store_true")
+
+    def run(a):
+        from bertkit.vocab import build_vocab
+
+        build_vocab(a.inputs, a.output, vocab_size=a.vocab_size, do_lower_case=not a.cased,
+                    text_field=a.text_field, num_unused=a.unused, min_frequency=a.min_frequency,
+                    criterion=a.criterion, workers=a.workers, progress=not a.no_progress)
+
+    p.set_defaults(func=run)
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prepare", help="corpus files -> NSP instances in numpy shards for `bertkit pretrain`")
+    p.add_argument("--vocab", required=True, help="directory with vocab.txt (e.g. a model directory)")
+    p.add_argument("--input", required=True, nargs="+", help="text files (one sentence per line, blank line "
+                   "between documents), or .jsonl with a text field")
+    p.add_argument("--output", required=True, help="directory for the shards")
+    p.add_argument("--format", default="auto", choices=["auto", "sentences", "paragraphs", "jsonl"],
+                   help="auto: jsonl for .jsonl/.json, else sentences; paragraphs: one document per line")
+    p.add_argument("--text-field", default="text", help="JSON field holding the document text")
+    p.add_argument("--max-seq-length", type=int, default=128)
+    p.add_argument("--short-seq-prob", type=float, default=0.1)
+    p.add_argument("--dupe-factor", type=int, default=1, help="passes over the corpus with different pairings")
+    p.add_argument("--docs-per-shard", type=int, default=2000)
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--seed", type=int, default=12345)
+
+    def run(a):
+        from bertkit.data import prepare
+
+        prepare(a.vocab, a.input, a.output, max_seq_length=a.max_seq_length, short_seq_prob=a.short_seq_prob,
+                dupe_factor=a.dupe_factor, seed=a.seed, docs_per_shard=a.docs_per_shard, workers=a.workers,
+                fmt=a.format, text_field=a.text_field)
+
+    p.set_defaults(func=run)
+
+
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="MLM + NSP pre-training (or continued pre-training) on prepared shards")
+    p.add_argument("--config", default=None, help="YAML or JSON file mirroring bertkit.pretrain.PretrainConfig")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="e.g. data=DIR model=mini train.max_steps=1000 train.lr=1e-4 resume=true")
+
+    def run(a):
+        from bertkit.pretrain import load_config, pretrain
+
+        result = pretrain(load_config(a.config, a.overrides))
+        if result.stopped:
+            print("bertkit pretrain: stopped by signal; state saved, rerun with resume=true to continue",
+                  file=sys.stderr)
+
+    p.set_defaults(func=run)
+
+
+def _user_task_args(p: argparse.ArgumentParser) -> None:
+    """Columns of a user's own CSV/TSV/JSON-lines files (finetune and evaluate)."""
+    p.add_argument("--data-dir", default=None, help="folder with glue/, conll2003/, imdb/, squad_v1.1/ "
+                   "(default $BERTKIT_DATA)")
+    p.add_argument("--train-file", default=None, help="your own .csv/.tsv/.jsonl training file (no --task)")
+    p.add_argument("--dev-file", default=None, help="your own validation file (picks the best epoch)")
+    p.add_argument("--text-column", default="text", help="column name (or 0-based index) of the text")
+    p.add_argument("--text-pair-column", default=None, help="column of the second text, for pairs")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--regression", action="store_true", help="labels are numbers to predict (one output)")
+    p.add_argument("--labels", default=None, help="comma-separated label set (default: those in --train-file)")
+
+
+def _user_task(a) -> dict:
+    return dict(dev_file=a.dev_file, text_column=a.text_column, text_pair_column=a.text_pair_column,
+                label_column=a.label_column)
+
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune", help="fine-tune a checkpoint on a task (sst2, cola, rte, mrpc, qnli, stsb, "
+                       "imdb, conll2003, squad) or on your own files")
+    p.add_argument("--task", default=None, help="built-in task name; leave out with --train-file")
+    p.add_argument("--model", required=True, help="checkpoint directory or installed model name")
+    p.add_argument("--out-dir", required=True, help="where best/, last/, metrics.jsonl, finetune.json go")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps (or a step count if >= 1)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    p.add_argument("--freeze-encoder", action="store_true",
+                   help="train only the head on frozen BERT features (use a larger --lr, e.g. 1e-3)")
+    p.add_argument("--max-train-examples", type=int, default=None, help="a fixed random subset of the train split")
+    p.add_argument("--max-eval-examples", type=int, default=None)
+    p.add_argument("--max-length", type=int, default=None, help="default: the task's (128; 384 SQuAD, 512 IMDB)")
+    p.add_argument("--seed", type=int, default=42)
+    _user_task_args(p)
+
+    def run(a):
+        from bertkit.tasks.finetune import finetune
+
+        s = finetune(a.task, a.model, a.out_dir, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
+                     warmup=a.warmup, bf16=a.bf16, freeze_encoder=a.freeze_encoder,
+                     max_train_examples=a.max_train_examples, max_eval_examples=a.max_eval_examples,
+                     max_length=a.max_length, seed=a.seed, data_dir=a.data_dir, train_file=a.train_file,
+                     regression=a.regression, labels=a.labels.split(",") if a.labels else None, **_user_task(a))
+        for row in s["epochs"]:
+            print(f"epoch {row['epoch']}: " + ", ".join(
+                f"{k} {row[k]:.4f}" for k in ("train_loss", "train_accuracy", "train_span_accuracy", "val_loss",
+                                              f"val_{s['metric']}") if k in row)
+                  + f", {row['epoch_seconds']:.1f} s")
+        print(f"best {s['metric']} {s['best']:.4f} at step {s['best_step']} -> {s['best_dir']}")
+
+    p.set_defaults(func=run)
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="score a fine-tuned model on a task's dev (or test) split; prints JSON")
+    p.add_argument("model_dir", help="a finetune --out-dir (or its best/)")
+    p.add_argument("--task", default=None, help="default: the task the model was fine-tuned on")
+    p.add_argument("--split", default="dev", help="dev, or test where the task has labelled test data (conll2003)")
+    p.add_argument("--max-examples", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=64)
+    _user_task_args(p)
+
+    def run(a):
+        import json
+
+        from bertkit.tasks.finetune import evaluate
+
+        print(json.dumps(evaluate(a.model_dir, a.task, split=a.split, data_dir=a.data_dir,
+                                  max_examples=a.max_examples, batch_size=a.batch_size, **_user_task(a))))
+
+    p.set_defaults(func=run)
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="labels, entities or answer spans for raw text; JSON lines out")
+    p.add_argument("model_dir", help="a finetune --out-dir (or its best/)")
+    p.add_argument("--text", action="append", default=None,
+                   help="an input (repeatable); pairs and QA as 'text<TAB>pair' / 'question<TAB>context'")
+    p.add_argument("--input", default="-", help="file with one input per line (same format), '-' for stdin")
+
+    def run(a):
+        import json
+
+        from bertkit.tasks.finetune import predict
+
+        if a.text is not None:
+            lines = a.text
+        elif a.input == "-":
+            lines = sys.stdin.read().splitlines()
+        else:
+            with open(a.input, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        inputs = [tuple(x.split("\t", 1)) if "\t" in x else x for x in lines if x.strip()]
+        if not inputs:
+            raise UserError("no input text (give --text, --input FILE, or lines on stdin)")
+        for text, result in zip(inputs, predict(a.model_dir, inputs)):
+            print(json.dumps({"input": text, **result}, ensure_ascii=False))
+
+    p.set_defaults(func=run)
+
+
+def _add_embed(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("embed", help="sentence embeddings of texts (one per line) to .npy or JSON lines")
+    p.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2",
+                   help="checkpoint directory or installed model name")
+    p.add_argument("--input", default="-", help="file with one text per line, '-' for stdin")
+    p.add_argument("--output", required=True, help="out.npy, out.jsonl, or '-' for JSON lines on stdout")
+    p.add_argument("--pooling", choices=["mean", "cls"], default="mean")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--dtype", choices=["fp32", "bf16", "int8"], default="fp32")
+    p.add_argument("--max-length", type=int, default=None, help="tokens per input (default: the model's 512)")
+    p.add_argument("--long-inputs", choices=["truncate", "windows"], default="truncate",
+                   help="texts over max-length: keep the start, or average overlapping windows")
+    p.add_argument("--stride", type=int, default=None, help="tokens shared by consecutive windows")
+    p.add_argument("--normalize", action="store_true", help="unit-length vectors")
+    p.add_argument("--no-progress", action="store_true")
+
+    def run(a):
+        from bertkit.infer import embed_file
+
+        embed_file(a.model, a.input, a.output, pooling=a.pooling, batch_size=a.batch_size, dtype=a.dtype,
+                   max_length=a.max_length, long_inputs=a.long_inputs, stride=a.stride, normalize=a.normalize,
+                   progress=not a.no_progress)
+
+    p.set_defaults(func=run)
+
+
 # Registered in the order `bertkit --help` lists them.
-SUBCOMMANDS = [_add_tokenize]
+SUBCOMMANDS = [_add_tokenize, _add_vocab, _add_prepare, _add_pretrain, _add_finetune, _add_evaluate, _add_predict, _add_embed]
 
 
 def build_parser() -> argparse.ArgumentParser:

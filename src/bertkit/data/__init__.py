@@ -1,0 +1,9 @@
+"""Pre-training data: corpus reading (corpus), NSP instances (instances), shards on disk
+(shards, `bertkit prepare`), and masking at batch time (masking)."""
+
+from bertkit.data.corpus import CorpusStats, read_documents, split_sentences
+from bertkit.data.masking import MaskedBatches, Masker, MaskingConfig
+from bertkit.data.shards import PretrainingData, prepare
+
+__all__ = ["CorpusStats", "read_documents", "split_sentences", "MaskedBatches", "Masker", "MaskingConfig",
+           "PretrainingData", "prepare"]

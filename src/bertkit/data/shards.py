@@ -1,0 +1,238 @@
+"""`bertkit prepare`: corpus -> NSP instances -> compact numpy shards on disk, and reading them back.
+
+Documents are read in groups of `docs_per_shard`; each group becomes one shard, built by a worker
+process with its own RNG seeded from (seed, shard number), so the output is the same for a seed
+whatever the number of workers. Random B segments come from other documents of the same shard,
+which keeps memory bounded by a few shards' documents.
+
+A shard is a directory of four .npy arrays, memory-mapped when read:
+  ids.npy      uint16 (uint32 for vocabularies over 65,536) [tokens]   [CLS] A [SEP] B [SEP] of every instance
+  offsets.npy  int64 [instances + 1]                                   instance i is ids[offsets[i]:offsets[i+1]]
+  a_end.npy    uint16 [instances]                                      len(A) + 2: where token type 1 starts
+  next.npy     uint8 [instances]                                       NSP label: 1 = random B (NotNext)
+meta.json (written last, so its presence means the output is complete) records the settings,
+the vocabulary fingerprint and every count; vocab.txt + tokenizer_config.json sit beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import multiprocessing.pool
+import os
+import random
+import shutil
+from bisect import bisect_right
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from bertkit.data.corpus import CorpusStats, read_documents
+from bertkit.data.instances import document_instances, tokenize_document
+
+FORMAT = "bertkit-pretraining-v1"
+META = "meta.json"
+
+
+def vocab_fingerprint(vocab: dict[str, int]) -> str:
+    text = "\n".join(sorted(vocab, key=vocab.__getitem__))
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------------------- building shards
+
+_tokenizer = None  # one per worker process, loaded once by _init_worker
+
+
+def _init_worker(vocab: str) -> None:
+    global _tokenizer
+    from bertkit.tokenizer import Tokenizer
+
+    _tokenizer = Tokenizer.from_pretrained(vocab)
+
+
+def build_shard(number: int, documents: list[list[str]], out_dir: str, max_seq_length: int,
+                short_seq_prob: float, dupe_factor: int, seed: int) -> dict:
+    """Tokenize one group of documents, make its instances, write shard `number`; return its counts."""
+    tok = _tokenizer
+    stats = CorpusStats()
+    docs = [tokenize_document(d, tok, max_seq_length - 3, stats) for d in documents]
+    docs = [d for d in docs if d]  # documents whose every sentence was empty (already counted)
+    rng = random.Random(f"{seed}/{number}")  # string seeds hash deterministically
+    ids: list[int] = []
+    offsets, a_end, nxt = [0], [], []
+    for _ in range(dupe_factor):
+        for index in range(len(docs)):
+            for inst in document_instances(docs, index, max_seq_length, short_seq_prob, rng):
+                ids += [tok.cls_token_id, *inst.tokens_a, tok.sep_token_id, *inst.tokens_b, tok.sep_token_id]
+                offsets.append(len(ids))
+                a_end.append(len(inst.tokens_a) + 2)
+                nxt.append(int(inst.is_random_next))
+    stats.instances = len(a_end)
+    stats.next_instances = len(nxt) - sum(nxt)
+    name = f"shard-{number:05d}"
+    final = Path(out_dir) / name
+    tmp = Path(out_dir) / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    id_dtype = np.uint16 if len(tok.vocab) <= 1 << 16 else np.uint32
+    np.save(tmp / "ids.npy", np.asarray(ids, dtype=id_dtype))
+    np.save(tmp / "offsets.npy", np.asarray(offsets, dtype=np.int64))
+    np.save(tmp / "a_end.npy", np.asarray(a_end, dtype=np.uint16))
+    np.save(tmp / "next.npy", np.asarray(nxt, dtype=np.uint8))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return {"name": name, "instances": stats.instances, "tokens": len(ids), "stats": stats.to_dict()}
+
+
+def _groups(docs: Iterable[list[str]], size: int) -> Iterator[list[list[str]]]:
+    group: list[list[str]] = []
+    for d in docs:
+        group.append(d)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def prepare(vocab: str | os.PathLike, inputs: list[str | os.PathLike], output: str | os.PathLike, *,
+            max_seq_length: int = 128, short_seq_prob: float = 0.1, dupe_factor: int = 1, seed: int = 12345,
+            docs_per_shard: int = 2000, workers: int | None = None, fmt: str = "auto", text_field: str = "text",
+            progress: bool = True) -> dict:
+    """Build pre-training shards from corpus files into `output`; print and return the counts."""
+    from bertkit.tokenizer import Tokenizer
+
+    if not 8 <= max_seq_length <= 512:
+        raise ValueError(f"max_seq_length must be between 8 and 512, got {max_seq_length}")
+    if not 0 <= short_seq_prob <= 1:
+        raise ValueError(f"short_seq_prob must be in [0, 1], got {short_seq_prob}")
+    if dupe_factor < 1 or docs_per_shard < 1:
+        raise ValueError("dupe_factor and docs_per_shard must be >= 1")
+    for p in inputs:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"no corpus file at {p}")
+    tok = Tokenizer.from_pretrained(vocab)  # fails early, in this process, on a bad vocabulary
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / META).unlink(missing_ok=True)  # incomplete until rewritten at the end
+    for old in out.glob("shard-*"):
+        shutil.rmtree(old)
+    workers = workers or os.cpu_count() or 1
+    stats = CorpusStats()
+    docs = read_documents(inputs, fmt, text_field, stats)
+    args = (str(out), max_seq_length, short_seq_prob, dupe_factor, seed)
+    shards: list[dict] = []
+    bar = tqdm(unit="doc", desc="prepare", disable=not progress)
+
+    def collect(result: dict, n_docs: int) -> None:
+        shards.append(result)
+        stats.add(CorpusStats(**result["stats"]))
+        bar.update(n_docs)
+
+    if workers == 1:
+        _init_worker(str(vocab))
+        for n, group in enumerate(_groups(docs, docs_per_shard)):
+            collect(build_shard(n, group, *args), len(group))
+    else:
+        # Bounded in-flight work: at most 2 groups per worker are held in memory at once.
+        with mp.get_context("spawn").Pool(workers, _init_worker, (str(vocab),)) as pool:
+            pending: list[tuple[int, mp.pool.AsyncResult]] = []
+            for n, group in enumerate(_groups(docs, docs_per_shard)):
+                pending.append((len(group), pool.apply_async(build_shard, (n, group, *args))))
+                while len(pending) >= 2 * workers:
+                    size, job = pending.pop(0)
+                    collect(job.get(), size)
+            for size, job in pending:
+                collect(job.get(), size)
+    bar.close()
+    shards.sort(key=lambda s: s["name"])
+    meta = {
+        "format": FORMAT, "max_seq_length": max_seq_length, "short_seq_prob": short_seq_prob,
+        "dupe_factor": dupe_factor, "seed": seed, "docs_per_shard": docs_per_shard,
+        "vocab_size": len(tok.vocab), "vocab_sha1": vocab_fingerprint(tok.vocab), "do_lower_case": tok.do_lower_case,
+        "inputs": [str(p) for p in inputs],
+        "shards": [{k: s[k] for k in ("name", "instances", "tokens")} for s in shards],
+        "stats": stats.to_dict(),
+    }
+    if stats.instances == 0:
+        raise ValueError(f"no training instances from {len(inputs)} file(s): counts {stats.to_dict()}")
+    tok.save_pretrained(out)  # the ids mean nothing without their vocabulary: keep it with them
+    tmp = out / f".{META}.tmp"
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, out / META)
+    if progress:
+        print(format_stats(stats, len(shards), out))
+    return meta
+
+
+def format_stats(stats: CorpusStats, n_shards: int, out: Path) -> str:
+    s = stats
+    return "\n".join([
+        f"wrote {s.instances:,} instances ({s.next_instances:,} IsNext, {s.instances - s.next_instances:,} NotNext) "
+        f"in {n_shards} shard(s) to {out}",
+        f"read {s.files:,} file(s), {s.documents:,} documents, {s.sentences:,} sentences",
+        f"skipped: {s.empty_files:,} empty file(s), {s.empty_documents:,} empty document(s), "
+        f"{s.empty_sentences:,} sentence(s) with no word pieces",
+        f"kept with care: {s.single_sentence_documents:,} one-sentence document(s) (random-B pairs only), "
+        f"{s.long_sentences:,} over-long sentence(s) cut into pieces, "
+        f"{s.undecodable_lines:,} line(s) with invalid UTF-8 (bad bytes replaced)",
+    ])
+
+
+# ---------------------------------------------------------------------------- reading shards
+
+
+class PretrainingData:
+    """All instances of a prepared directory, memory-mapped, indexed 0..len-1 across shards."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.dir = Path(directory)  # also a tokenizer directory: Tokenizer.from_pretrained(self.dir)
+        meta_file = self.dir / META
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"no {META} in {self.dir} (run `bertkit prepare` first, and let it finish)")
+        self.meta = json.loads(meta_file.read_text())
+        if self.meta.get("format") != FORMAT:
+            raise ValueError(f"{meta_file}: format {self.meta.get('format')!r}, expected {FORMAT!r}")
+        self.shards = []
+        for s in self.meta["shards"]:
+            d = self.dir / s["name"]
+            self.shards.append({k: np.load(d / f"{k}.npy", mmap_mode="r") for k in ("ids", "offsets", "a_end", "next")})
+        self.starts = np.cumsum([0] + [len(s["a_end"]) for s in self.shards]).tolist()
+
+    @property
+    def max_seq_length(self) -> int:
+        return self.meta["max_seq_length"]
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def length(self, i: int) -> int:
+        s, j = self._locate(i)
+        off = self.shards[s]["offsets"]
+        return int(off[j + 1] - off[j])
+
+    def lengths(self) -> list[int]:
+        return [int(n) for s in self.shards for n in np.diff(s["offsets"])]
+
+    def _locate(self, i: int) -> tuple[int, int]:
+        if not 0 <= i < len(self):
+            raise IndexError(f"instance {i} out of range 0..{len(self) - 1}")
+        s = bisect_right(self.starts, i) - 1
+        return s, i - self.starts[s]
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int, int]:
+        """(input_ids int64 [seq], a_end, is_random_next) of instance i."""
+        s, j = self._locate(i)
+        sh = self.shards[s]
+        ids = np.asarray(sh["ids"][sh["offsets"][j]:sh["offsets"][j + 1]], dtype=np.int64)
+        return ids, int(sh["a_end"][j]), int(sh["next"][j])
+
+    def check_vocab(self, vocab: dict[str, int]) -> None:
+        """Refuse to train a model whose vocabulary is not the one the ids were made with."""
+        if vocab_fingerprint(vocab) != self.meta["vocab_sha1"]:
+            raise ValueError(f"{self.dir}: prepared with a different vocabulary than the model's "
+                             f"({self.meta['vocab_size']} vs {len(vocab)} entries, or different order)")

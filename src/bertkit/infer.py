@@ -1,0 +1,237 @@
+"""Inference: sentence embeddings from a BERT encoder, in fp32, bf16 or int8.
+
+texts -> WordPiece ids -> length-sorted batches (batching.length_batches +
+collate, so each batch pads only to its own longest text) -> encoder ->
+pooled vectors, returned in input order.
+
+Long inputs (more than max_length tokens, which defaults to the model's 512
+positions) never fail. long_inputs="truncate" (default, what
+sentence-transformers does) keeps the first max_length tokens.
+long_inputs="windows" cuts the text into windows of max_length tokens that
+overlap by `stride` tokens, embeds every window, and averages the window
+vectors weighted by each window's token count, so the whole text counts.
+
+dtypes:
+  fp32  the reference.
+  bf16  a bf16 copy of the weights (activations bf16 too; pooling in fp32).
+        Casting the weights once beats torch.autocast, which re-casts every
+        weight at every matmul (bench/infer.py measures both).
+  int8  torch's dynamic quantization of every nn.Linear: int8 weights
+        (per output channel), activations quantized per batch at run time;
+        embeddings, LayerNorm and attention's softmax stay fp32.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from bertkit.batching import collate, length_batches
+
+DTYPES = ("fp32", "bf16", "int8")
+POOLINGS = ("mean", "cls")
+LONG_INPUTS = ("truncate", "windows")
+
+
+def cast_model(model: nn.Module, dtype: str) -> nn.Module:
+    """`model` ready for inference in `dtype` (eval mode). bf16 and int8 return a copy."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    model = model.eval()
+    if dtype == "fp32":
+        return model
+    if dtype == "bf16":
+        return copy.deepcopy(model).to(torch.bfloat16)
+    with warnings.catch_warnings():
+        # torch.ao.quantization warns of a future move to torchao; it still works and needs no new dependency.
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        # Per-channel weight scales: one outlier row no longer coarsens a whole matrix.
+        return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=False)
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """[batch, seq, hidden] -> [batch, hidden] in fp32: [CLS] vector, or mean over real tokens."""
+    hidden = hidden.float()
+    if pooling == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [batch, seq, 1]
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+class Embedder:
+    """A tokenizer and an encoder held together: embed many times without reloading.
+
+    >>> e = Embedder.from_pretrained("sentence-transformers/all-MiniLM-L6-v2", dtype="int8")
+    >>> vectors = e(["a sentence", "another one"])  # np.ndarray [2, 384], float32
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, *, dtype: str = "fp32", pooling: str = "mean",
+                 max_length: int | None = None, long_inputs: str = "truncate", stride: int | None = None,
+                 normalize: bool = False):
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
+        if long_inputs not in LONG_INPUTS:
+            raise ValueError(f"long_inputs must be one of {', '.join(LONG_INPUTS)}, not {long_inputs!r}")
+        positions = model.config.max_position_embeddings
+        max_length = max_length if max_length is not None else min(positions, tokenizer.model_max_length)
+        if not 3 <= max_length <= positions:
+            raise ValueError(f"max_length must be between 3 and the model's {positions} positions, got {max_length}")
+        # Windows overlap by a quarter of their content by default: every token
+        # except the first and last quarter-window is seen with context on both sides.
+        stride = (max_length - 2) // 4 if stride is None else stride
+        if not 0 <= stride < max_length - 2:
+            raise ValueError(f"stride must be between 0 and max_length - 3 ({max_length - 3}), got {stride}")
+        self.model = cast_model(model, dtype)
+        self.tokenizer = tokenizer
+        self.dtype, self.pooling, self.max_length = dtype, pooling, max_length
+        self.long_inputs, self.stride, self.normalize = long_inputs, stride, normalize
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | os.PathLike, **options) -> Embedder:
+        """Load a checkpoint directory (or installed model name) with its vocab.txt."""
+        from bertkit.checkpoint import resolve
+        from bertkit.model import BertModel
+        from bertkit.tokenizer import Tokenizer
+
+        model_dir = resolve(name_or_dir)
+        return cls(BertModel.from_pretrained(model_dir), Tokenizer.from_pretrained(model_dir), **options)
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.hidden_size
+
+    def features(self, texts: Sequence[str]) -> tuple[list[dict], list[int]]:
+        """Model inputs for each text (one, or several windows) and the text each belongs to."""
+        windows = self.long_inputs == "windows"
+        features, owners = [], []
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"text {i} is a {type(text).__name__}, not a str")
+            enc = self.tokenizer.encode(text, max_length=self.max_length, truncation=True, return_offsets=False,
+                                        stride=self.stride if windows else 0, return_overflowing=windows)
+            for e in (enc, *enc.overflowing):
+                features.append({"input_ids": e.input_ids, "attention_mask": e.attention_mask})
+                owners.append(i)
+        return features, owners
+
+    @torch.inference_mode()
+    def __call__(self, texts: Sequence[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        """[len(texts), hidden] float32 embeddings, in the order of `texts`."""
+        if isinstance(texts, str):
+            raise TypeError("texts must be a list of strings; wrap a single text in a list")
+        texts = list(texts)
+        features, owners = self.features(texts)
+        lengths = [len(f["input_ids"]) for f in features]
+        vectors = np.empty((len(features), self.dim), dtype=np.float32)
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(features), unit="seq", desc="embed", disable=not progress, file=sys.stderr)
+        for idx in length_batches(lengths, batch_size):
+            batch = collate([features[i] for i in idx])
+            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            vectors[idx] = pool(out.last_hidden_state, batch["attention_mask"], self.pooling).numpy()
+            bar.update(len(idx))
+        bar.close()
+        if len(features) != len(texts):  # windows: token-weighted mean of each text's windows
+            weights = np.asarray(lengths, dtype=np.float32)[:, None]
+            sums = np.zeros((len(texts), self.dim), dtype=np.float32)
+            np.add.at(sums, owners, vectors * weights)
+            totals = np.zeros((len(texts), 1), dtype=np.float32)
+            np.add.at(totals, owners, weights)
+            vectors = sums / totals
+        if self.normalize:
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors
+
+
+def embed(texts: Sequence[str], model: str | os.PathLike | nn.Module | Embedder = "sentence-transformers/all-MiniLM-L6-v2",
+          *, tokenizer=None, pooling: str = "mean", batch_size: int = 32, dtype: str = "fp32",
+          max_length: int | None = None, long_inputs: str = "truncate", stride: int | None = None,
+          normalize: bool = False, progress: bool = False) -> np.ndarray:
+    """Embed texts -> float32 [len(texts), hidden], in input order.
+
+    model: a checkpoint directory or installed model name (loaded each call:
+    hold an Embedder to embed repeatedly), a loaded BertModel (then pass its
+    `tokenizer`), or an Embedder (whose own options are used).
+    """
+    if isinstance(model, Embedder):
+        return model(texts, batch_size=batch_size, progress=progress)
+    options = dict(dtype=dtype, pooling=pooling, max_length=max_length, long_inputs=long_inputs, stride=stride,
+                   normalize=normalize)
+    if isinstance(model, nn.Module):
+        if tokenizer is None:
+            raise ValueError("a loaded model needs its tokenizer: embed(texts, model, tokenizer=...)")
+        embedder = Embedder(model, tokenizer, **options)
+    else:
+        embedder = Embedder.from_pretrained(model, **options)
+    return embedder(texts, batch_size=batch_size, progress=progress)
+
+
+def read_texts(path: str | os.PathLike) -> list[str]:
+    """One text per line ('-' for stdin). Blank lines are kept (as empty texts) so rows match lines."""
+    if str(path) == "-":
+        content = sys.stdin.read()
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such input file")
+        try:
+            content = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            line = path.read_bytes()[: e.start].count(b"\n") + 1
+            raise ValueError(f"{path}: line {line}: not valid UTF-8") from None
+    texts = content.splitlines()
+    if not any(t.strip() for t in texts):
+        raise ValueError(f"{path}: no texts (the input is empty)")
+    return texts
+
+
+def embed_file(model: str | os.PathLike, input: str | os.PathLike, output: str | os.PathLike, *,
+               batch_size: int = 32, progress: bool = True, **options) -> np.ndarray:
+    """Embed a file of texts (one per line) into .npy, or JSON lines (.jsonl, or '-' for stdout).
+
+    JSON lines: {"line": n, "embedding": [...]} per input line. Blank lines are
+    embedded as empty texts (and counted on stderr) so row n is line n.
+    """
+    out = str(output)
+    if out != "-" and not out.endswith((".npy", ".jsonl", ".json")):
+        raise ValueError(f"{out}: output must end in .npy or .jsonl (or be '-' for JSON lines on stdout)")
+    texts = read_texts(input)
+    blank = sum(1 for t in texts if not t.strip())
+    if blank:
+        print(f"embed: {input}: {blank} blank line(s) embedded as empty texts", file=sys.stderr)
+    vectors = embed(texts, model, batch_size=batch_size, progress=progress, **options)
+    if out == "-":
+        _write_jsonl(vectors, sys.stdout)
+        return vectors
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb" if out.endswith(".npy") else "w", encoding=None if out.endswith(".npy") else "utf-8") as f:
+            if out.endswith(".npy"):
+                np.save(f, vectors)
+            else:
+                _write_jsonl(vectors, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return vectors
+
+
+def _write_jsonl(vectors: np.ndarray, f) -> None:
+    for n, v in enumerate(vectors, 1):
+        f.write(json.dumps({"line": n, "embedding": v.tolist()}) + "\n")

@@ -1,0 +1,351 @@
+"""Learn a WordPiece vocabulary from text.
+
+Algorithm: likelihood-based WordPiece merges (Schuster & Nakajima 2012, in the
+form Hugging Face's course describes; Google never released its learner and
+the `tokenizers` "WordPiece" trainer actually runs BPE merges).
+
+1. Count words with BERT's own basic tokenization (`basic_tokenize`), so the
+   learner sees exactly the words the tokenizer will later split.
+2. Spell every word as characters: the first one bare, the rest "##"-prefixed
+   ("play" -> p ##l ##a ##y). The alphabet (every character, in both forms)
+   enters the vocabulary, so text made of seen characters never maps to [UNK].
+3. Repeatedly merge the adjacent pair (a, b) with the highest score
+       score(a, b) = count(ab) / (count(a) * count(b))
+   i.e. the pair whose joint frequency most exceeds what independent pieces
+   would give: the merge that raises a unigram model's likelihood the most.
+   BPE instead takes the most *frequent* pair, which favours pairs of common
+   pieces ("##e ##s") over pieces that belong together.
+4. Stop when the vocabulary reaches the requested size.
+
+Efficiency: the corpus is a word -> frequency table, each word a list of piece
+ids. Merging (a, b) only rewrites the words that contain it (an inverted index
+pair -> words), and only their pair counts change. The score also depends on
+count(a) and count(b), so every pair touching a, b or the new piece gets a new
+score. New scores go onto a max-heap; stale entries stay in the heap and are
+discarded when popped (lazy deletion), so each merge costs time proportional to
+what it changes, never a recount of all pairs.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from math import log
+import multiprocessing as mp
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from bertkit.tokenizer import CLS, MASK, MAX_CHARS_PER_WORD, PAD, SEP, UNK, Tokenizer, basic_tokenize
+
+PREFIX = "##"  # marks a piece that continues a word
+# Below this many texts a worker pool costs more than it saves.
+_MIN_TEXTS_FOR_POOL = 2000
+_CHUNK_TEXTS = 500
+
+
+# ----------------------------------------------------------------------------
+# Reading and counting words
+# ----------------------------------------------------------------------------
+
+def read_texts(path: str | os.PathLike, text_field: str | None = None) -> Iterator[str]:
+    """Yield the texts of one file: one per line, or `text_field` of each JSON line.
+
+    `.jsonl` files are read as JSON lines with field `text_field` (default "text").
+    Blank lines are skipped. Bad bytes, bad JSON or a missing field raise
+    ValueError naming the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if text_field is None and path.suffix == ".jsonl":
+        text_field = "text"
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+            if not line.strip():
+                continue
+            if text_field is None:
+                yield line.rstrip("\r\n")
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
+                raise ValueError(f"{path}:{lineno}: no string field {text_field!r}")
+            yield row[text_field]
+
+
+def _count_chunk(args: tuple[list[str], bool]) -> Counter[str]:
+    texts, do_lower_case = args
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(basic_tokenize(text, do_lower_case=do_lower_case))
+    return counts
+
+
+def _chunks(texts: Iterable[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for t in texts:
+        chunk.append(t)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def count_words(
+    paths: Iterable[str | os.PathLike],
+    do_lower_case: bool = True,
+    text_field: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Counter[str]:
+    """Word frequencies of the texts in `paths`, split by BERT's basic tokenization.
+
+    Tokenization runs on `workers` processes (default: all cores); the order of
+    files and lines does not change the result.
+    """
+    paths = [Path(p) for p in paths]
+    for p in paths:
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: no such file")
+    texts = [t for p in paths for t in read_texts(p, text_field)]
+    workers = workers or os.cpu_count() or 1
+    jobs = ((chunk, do_lower_case) for chunk in _chunks(texts, _CHUNK_TEXTS))
+    counts: Counter[str] = Counter()
+    bar = tqdm(total=len(texts), unit="text", desc="counting words", disable=not progress)
+    if workers > 1 and len(texts) >= _MIN_TEXTS_FOR_POOL:
+        with mp.get_context("fork").Pool(workers) as pool:
+            for part in pool.imap_unordered(_count_chunk, jobs):
+                counts.update(part)
+                bar.update(_CHUNK_TEXTS)
+    else:
+        for job in jobs:
+            counts.update(_count_chunk(job))
+            bar.update(len(job[0]))
+    bar.close()
+    return counts
+
+
+# ----------------------------------------------------------------------------
+# The learner
+# ----------------------------------------------------------------------------
+
+def special_tokens(num_unused: int = 0) -> list[str]:
+    """[PAD], then `num_unused` [unusedN] slots (room for later additions), then the rest.
+
+    The order of bert-base's vocab.txt ([PAD] at 0, [UNK] [CLS] [SEP] [MASK] after
+    its [unusedN] block) and of the `tokenizers` trainer's defaults.
+    """
+    return [PAD] + [f"[unused{i}]" for i in range(num_unused)] + [UNK, CLS, SEP, MASK]
+
+
+def ratio_score(n: int, count_a: int, count_b: int, total: int, same: bool) -> float:
+    """count(ab) / (count(a) * count(b)): the pair's likelihood ratio, ignoring its frequency."""
+    return n / (count_a * count_b)
+
+
+def likelihood_gain(n: int, count_a: int, count_b: int, total: int, same: bool) -> float:
+    """Exact change of the corpus log-likelihood under a unigram piece model
+    (p(x) = count(x) / total) when the n occurrences of (a, b) become one new piece.
+
+    With L = sum_x count(x) log count(x) - total log total, the merge moves n counts
+    from a and b to ab and removes n from the total. Roughly n * log(count(ab) * total
+    / (count(a) * count(b))): the ratio above weighted by how often the pair occurs.
+    """
+    # x log x, written out (0 log 0 = 0): this runs millions of times.
+    a, b, t = count_a - n, count_b - n, total - n
+    gain = n * log(n) - count_a * log(count_a) - (t * log(t) - total * log(total))
+    if same:  # (a, a): both halves come out of count(a)
+        a -= n
+        return gain + (a * log(a) if a > 0 else 0.0)
+    return gain + (a * log(a) if a else 0.0) + (b * log(b) if b else 0.0) - count_b * log(count_b)
+
+
+CRITERIA = {"likelihood": likelihood_gain, "ratio": ratio_score}
+
+
+def learn_wordpiece(
+    word_counts: Mapping[str, int],
+    vocab_size: int,
+    specials: Iterable[str] = special_tokens(),
+    min_frequency: int = 2,
+    criterion: str = "likelihood",
+    progress: bool = False,
+) -> list[str]:
+    """Learn a WordPiece vocabulary (list of tokens, id = position) from word counts.
+
+    Layout: `specials`, then the alphabet (bare characters, then "##" ones, each
+    sorted), then pieces in the order they were learned. `criterion` picks the
+    merge score (see CRITERIA). Pairs seen fewer than `min_frequency` times are
+    never merged. Ties break towards the more frequent pair, then the earlier
+    pieces, so the result is deterministic. The vocabulary is shorter than
+    `vocab_size` only if no pair is left to merge.
+    """
+    score = CRITERIA[criterion]
+    specials = list(specials)
+    taken = set(specials)
+    # Longer words are [UNK] whole at encoding time; special tokens are in already.
+    words = sorted(w for w, c in word_counts.items()
+                   if c > 0 and 0 < len(w) <= MAX_CHARS_PER_WORD and w not in taken)
+    if not words:
+        raise ValueError("the corpus has no words to learn from")
+    chars = sorted({ch for w in words for ch in w})
+    pieces = chars + [PREFIX + ch for ch in chars]
+    if len(specials) + len(pieces) > vocab_size:
+        raise ValueError(
+            f"vocab_size {vocab_size} is too small for {len(specials)} special tokens "
+            f"and {len(chars)} characters (x2 with '##') of the corpus"
+        )
+    piece_id = {p: i for i, p in enumerate(pieces)}
+
+    # The corpus: each word type as a list of piece ids, with its frequency.
+    freqs = [word_counts[w] for w in words]
+    spelled = [[piece_id[w[0]]] + [piece_id[PREFIX + ch] for ch in w[1:]] for w in words]
+    piece_count = [0] * len(pieces)
+    pair_count: dict[tuple[int, int], int] = Counter()
+    where: dict[tuple[int, int], set[int]] = {}  # pair -> indices of words containing it
+    partners: dict[int, set[tuple[int, int]]] = {}  # piece -> live pairs it is part of
+    for w, (syms, f) in enumerate(zip(spelled, freqs)):
+        for s in syms:
+            piece_count[s] += f
+        for pair in zip(syms, syms[1:]):
+            pair_count[pair] += f
+            where.setdefault(pair, set()).add(w)
+    for pair in pair_count:
+        partners.setdefault(pair[0], set()).add(pair)
+        partners.setdefault(pair[1], set()).add(pair)
+    total = sum(piece_count)  # pieces in the corpus: shrinks with every merge
+
+    def key(pair: tuple[int, int]) -> tuple[float, int, int, int]:
+        a, b = pair
+        n = pair_count[pair]
+        return (-score(n, piece_count[a], piece_count[b], total, a == b), -n, a, b)
+
+    # Max-heap by key, with lazy deletion: `latest` holds each pair's newest key, so
+    # older copies are recognised and dropped when popped. A pair's score changes
+    # when its own or its pieces' counts change (it is then pushed again) and, for
+    # "likelihood", when `total` shrinks, which only lowers it: a stored key is
+    # always an upper bound, so the top is rescored and accepted once it is current.
+    latest = {p: key(p) for p, n in pair_count.items() if n >= min_frequency}
+    heap = list(latest.values())
+    heapq.heapify(heap)
+
+    target = vocab_size - len(specials)
+    bar = tqdm(total=target, initial=len(pieces), unit="piece", desc="learning WordPiece", disable=not progress)
+    while len(pieces) < target and heap:
+        top = heapq.heappop(heap)
+        pair = (top[2], top[3])
+        if latest.get(pair) != top:
+            continue  # superseded, or the pair was merged away
+        now = key(pair)
+        if now != top:  # only `total` moved: put it back with its current score
+            latest[pair] = now
+            heapq.heappush(heap, now)
+            continue
+        a, b = pair
+        merged = pieces[a] + pieces[b][len(PREFIX):]
+        # Two different pairs can spell the same piece ("ab"+"##c", "a"+"##bc").
+        new = piece_id.get(merged)
+        if new is None:
+            new = piece_id[merged] = len(pieces)
+            pieces.append(merged)
+            piece_count.append(0)
+            bar.update(1)
+
+        delta: Counter[tuple[int, int]] = Counter()
+        for w in list(where[pair]):
+            syms, f = spelled[w], freqs[w]
+            out: list[int] = []
+            i = 0
+            while i < len(syms):
+                if i + 1 < len(syms) and syms[i] == a and syms[i + 1] == b:
+                    out.append(new)
+                    i += 2
+                else:
+                    out.append(syms[i])
+                    i += 1
+            k = (len(syms) - len(out)) * f  # occurrences merged
+            piece_count[a] -= k
+            piece_count[b] -= k
+            piece_count[new] += k
+            total -= k
+            old_pairs, new_pairs = list(zip(syms, syms[1:])), list(zip(out, out[1:]))
+            for p in old_pairs:
+                delta[p] -= f
+            for p in new_pairs:
+                delta[p] += f
+            for p in set(old_pairs) - set(new_pairs):
+                where[p].discard(w)
+            for p in set(new_pairs) - set(old_pairs):
+                where.setdefault(p, set()).add(w)
+            spelled[w] = out
+
+        for p, d in delta.items():
+            if d == 0:
+                continue
+            n = pair_count[p] = pair_count.get(p, 0) + d
+            if n == 0:
+                del pair_count[p], where[p]
+                latest.pop(p, None)
+                partners[p[0]].discard(p)
+                partners[p[1]].discard(p)
+            else:
+                partners.setdefault(p[0], set()).add(p)
+                partners.setdefault(p[1], set()).add(p)
+
+        # Counts of a, b and `new` changed, so every pair touching them is rescored.
+        rescore = {p for p, d in delta.items() if d and p in pair_count}
+        for s in (a, b, new):
+            rescore |= partners.get(s, set())
+        for p in rescore:
+            if pair_count[p] >= min_frequency:
+                latest[p] = k = key(p)
+                heapq.heappush(heap, k)
+            else:
+                latest.pop(p, None)
+    bar.close()
+    return specials + pieces
+
+
+# ----------------------------------------------------------------------------
+# The command
+# ----------------------------------------------------------------------------
+
+def build_vocab(
+    paths: Iterable[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    vocab_size: int = 30522,
+    do_lower_case: bool = True,
+    text_field: str | None = None,
+    num_unused: int = 0,
+    min_frequency: int = 2,
+    criterion: str = "likelihood",
+    workers: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Learn a vocabulary from text files and write vocab.txt + tokenizer_config.json to `out_dir`.
+
+    The directory then loads with `bertkit.tokenizer.Tokenizer.from_pretrained(out_dir)`.
+    Returns the path of vocab.txt.
+    """
+    paths = list(paths)
+    if not paths:
+        raise ValueError("no input files given")
+    counts = count_words(paths, do_lower_case, text_field, workers, progress)
+    if not counts:
+        raise ValueError(f"no words found in {', '.join(map(str, paths))}")
+    vocab = learn_wordpiece(counts, vocab_size, special_tokens(num_unused), min_frequency, criterion, progress)
+    Tokenizer({t: i for i, t in enumerate(vocab)}, do_lower_case=do_lower_case).save_pretrained(out_dir)
+    return Path(out_dir) / "vocab.txt"
+
+

@@ -1,0 +1,96 @@
+"""BertConfig: presets have the published sizes; config.json round-trips through both libraries."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bertkit.config import BertConfig
+from bertkit.heads import BertForPreTraining
+from bertkit.model import BertModel
+
+transformers = pytest.importorskip("transformers")
+
+# Published sizes, Turc et al. 2019 (google-research/bert README) and Devlin et al. 2018,
+# in millions. They count the pre-training model (encoder + MLM/NSP heads).
+PUBLISHED_M = {"tiny": 4.4, "mini": 11.3, "small": 29.1, "medium": 41.7, "base": 110.1, "large": 340}
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())  # tied parameters counted once
+
+
+def hf_config(config: BertConfig):
+    return transformers.BertConfig(**{k: v for k, v in config.to_dict().items() if k != "model_type"})
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED_M))
+def test_preset_parameter_counts(name):
+    config = BertConfig.preset(name)
+    assert config.intermediate_size == 4 * config.hidden_size
+    with torch.device("meta"):  # shapes only: no memory, no init time
+        ours, ours_pt = BertModel(config), BertForPreTraining(config)
+        ref, ref_pt = transformers.BertModel(hf_config(config)), transformers.BertForPreTraining(hf_config(config))
+    assert n_params(ours) == n_params(ref)
+    assert n_params(ours_pt) == n_params(ref_pt)
+    published = PUBLISHED_M[name]
+    got = n_params(ours_pt) / 1e6
+    if name == "large":  # "340M" in the paper; the exact count is 336.2M
+        assert abs(got - published) / published < 0.02, got
+    else:  # published to 0.1M
+        assert round(got, 1) == published, got
+
+
+def test_base_is_bert_base():
+    c = BertConfig.preset("base")
+    assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size) == (12, 768, 12, 3072)
+    assert BertConfig.preset("tiny", vocab_size=100).vocab_size == 100
+    with pytest.raises(ValueError, match="unknown preset"):
+        BertConfig.preset("huge")
+
+
+def test_minilm_config_round_trip_loses_nothing(minilm, tmp_path):
+    original = json.loads((minilm / "config.json").read_text())
+    config = BertConfig.from_json(minilm / "config.json")
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (6, 384, 12)
+    assert config.extra["_name_or_path"] == original["_name_or_path"]  # unknown keys kept
+    config.to_json(tmp_path / "config.json")
+    assert json.loads((tmp_path / "config.json").read_text()) == original
+
+
+def test_labels_written_as_hugging_face_writes_them(tmp_path):
+    config = BertConfig.preset("tiny", id2label={0: "negative", 1: "neutral", 2: "positive"})
+    assert config.num_labels == 3
+    config.to_json(tmp_path / "config.json")
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert written["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}
+    assert written["label2id"] == {"negative": 0, "neutral": 1, "positive": 2}
+    assert "num_labels" not in written
+    hf = transformers.BertConfig.from_pretrained(tmp_path)
+    assert hf.id2label == config.id2label and hf.num_labels == 3 and hf.hidden_size == 128
+    back = BertConfig.from_json(tmp_path)
+    assert back.id2label == config.id2label and back.num_labels == 3
+    # And a config transformers wrote reads back the same.
+    transformers.BertConfig(num_labels=4, hidden_size=256, num_attention_heads=4).save_pretrained(tmp_path / "hf")
+    ours = BertConfig.from_json(tmp_path / "hf")
+    assert ours.num_labels == 4 and ours.id2label[3] == "LABEL_3" and ours.hidden_size == 256
+
+
+def test_replace_num_labels_resets_label_names():
+    config = BertConfig.preset("tiny", id2label={0: "neg", 1: "pos"})
+    three = config.replace(num_labels=3)
+    assert three.num_labels == 3 and three.id2label is None
+    assert three.to_dict()["id2label"] == {"0": "LABEL_0", "1": "LABEL_1", "2": "LABEL_2"}
+
+
+def test_bad_configs_are_clear_errors(tmp_path):
+    bad = tmp_path / "config.json"
+    bad.write_text('{\n  "hidden_size": 128,\n  "num_attention_heads": \n}')
+    with pytest.raises(ValueError, match=r"config.json: line 4"):
+        BertConfig.from_json(bad)
+    with pytest.raises(ValueError, match="not a multiple"):
+        BertConfig(hidden_size=100, num_attention_heads=3)
+    with pytest.raises(ValueError, match="position_embedding_type"):
+        BertConfig.from_dict({"position_embedding_type": "relative_key"})

@@ -1,0 +1,149 @@
+"""infer.py: embeddings against sentence-transformers on real text; order, long inputs, dtypes, CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import data_path
+from bertkit.cli import main
+from bertkit.infer import Embedder, embed, pool
+
+N_SST2 = 40
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.fixture(scope="module")
+def texts() -> list[str]:
+    """Real SST-2 dev sentences (3 to 50+ words) and two IMDB reviews, shuffled so lengths are mixed."""
+    lines = data_path("glue", "SST-2", "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    sst2 = sorted((line.split("\t")[0].strip() for line in lines), key=len)
+    picked = sst2[:: len(sst2) // N_SST2][:N_SST2]  # shortest to longest
+    with open(data_path("imdb", "test.jsonl"), encoding="utf-8") as f:
+        reviews = [json.loads(next(f))["text"] for _ in range(50)]
+    imdb = [r for r in reviews if len(r) > 2500][:2]  # well over 256 tokens
+    out = picked + imdb
+    random.Random(0).shuffle(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def embedder(minilm) -> Embedder:
+    return Embedder.from_pretrained(minilm)
+
+
+@pytest.fixture(scope="module")
+def fp32(embedder, texts) -> np.ndarray:
+    return embedder(texts, batch_size=8)
+
+
+def test_matches_sentence_transformers(minilm, embedder, texts, fp32):
+    st = pytest.importorskip("sentence_transformers")
+    ref = st.SentenceTransformer(str(minilm), device="cpu")
+    ref.max_seq_length = 256  # all-MiniLM-L6-v2's own setting
+    expected = ref.encode(texts, batch_size=8, convert_to_numpy=True)
+    ours = embed(texts, str(minilm), max_length=256, normalize=True, batch_size=8)
+    # The IMDB reviews are longer than 256 tokens: this also checks truncation.
+    assert cosine(ours, expected).min() >= 0.99999
+    np.testing.assert_allclose(ours, expected, atol=2e-5)
+    # Below 256 tokens the default max_length (512) changes nothing.
+    short = [i for i, t in enumerate(texts) if len(embedder.tokenizer.encode(t, truncation=False)) < 256]
+    assert len(short) == N_SST2
+    assert cosine(fp32[short], expected[short]).min() >= 0.99999
+
+
+def test_order_and_batching_do_not_change_results(embedder, texts, fp32):
+    # One text at a time (no padding at all) vs length-sorted padded batches.
+    one_by_one = np.concatenate([embedder([t]) for t in texts[:12]])
+    np.testing.assert_allclose(fp32[:12], one_by_one, atol=1e-5)
+    reversed_ = embedder(texts[::-1], batch_size=5)
+    np.testing.assert_allclose(reversed_[::-1], fp32, atol=1e-5)
+
+
+def test_cls_pooling_is_the_first_vector(embedder, texts):
+    cls = Embedder(embedder.model, embedder.tokenizer, pooling="cls")(texts[:3])
+    for text, vec in zip(texts[:3], cls):
+        ids = torch.tensor([embedder.tokenizer.encode(text).input_ids])
+        with torch.inference_mode():
+            first = embedder.model(ids).last_hidden_state[0, 0].numpy()
+        np.testing.assert_allclose(vec, first, atol=1e-5)
+
+
+def test_long_inputs_truncate_or_windows(embedder):
+    long = " ".join(f"word{i % 97} story{i % 13}" for i in range(1000))  # 2000 words, thousands of tokens
+    short = "a short sentence ."
+    truncated = embedder([long, short])
+    n_tokens = len(embedder.tokenizer.encode(long, truncation=False).input_ids)
+    assert n_tokens > 2000
+    # Truncation = the first 510 word pieces between [CLS] and [SEP].
+    ids = embedder.tokenizer.encode(long, max_length=512).input_ids
+    assert len(ids) == 512
+    with torch.inference_mode():
+        first = pool(embedder.model(torch.tensor([ids])).last_hidden_state, torch.ones(1, 512), "mean").numpy()
+    np.testing.assert_allclose(truncated[:1], first, atol=1e-5)
+
+    windowed = Embedder(embedder.model, embedder.tokenizer, long_inputs="windows", max_length=128, stride=32)
+    got = windowed([long, short])
+    # By hand: every window embedded alone, averaged weighted by its token count.
+    features, owners = windowed.features([long])
+    assert len(features) > 10 and set(owners) == {0}
+    vecs, weights = [], []
+    with torch.inference_mode():
+        for f in features:
+            ids = torch.tensor([f["input_ids"]])
+            vecs.append(pool(embedder.model(ids).last_hidden_state, torch.ones_like(ids), "mean")[0].numpy())
+            weights.append(len(f["input_ids"]))
+    np.testing.assert_allclose(got[0], np.average(vecs, axis=0, weights=weights), atol=1e-5)
+    assert cosine(got[:1], truncated[:1])[0] < 0.999  # the rest of the text counts
+    np.testing.assert_allclose(got[1], truncated[1], atol=1e-5)  # short texts: one window, unchanged
+
+
+@pytest.mark.parametrize("dtype,min_cosine", [("bf16", 0.99), ("int8", 0.98)])
+def test_low_precision_close_to_fp32(embedder, texts, fp32, dtype, min_cosine):
+    low = Embedder(embedder.model, embedder.tokenizer, dtype=dtype)
+    got = low(texts, batch_size=8)
+    assert got.dtype == np.float32
+    c = cosine(got, fp32)
+    assert c.mean() >= min_cosine, (dtype, c.mean(), c.min())
+    assert not np.array_equal(got, fp32)  # it really ran in another precision
+    assert next(embedder.model.parameters()).dtype == torch.float32  # the fp32 model is untouched
+
+
+def test_cli_writes_npy_and_jsonl(minilm, texts, fp32, tmp_path, capsys):
+    src = tmp_path / "texts.txt"
+    src.write_text("\n".join(texts[:6]) + "\n", encoding="utf-8")
+    assert main(["embed", "--model", str(minilm), "--input", str(src), "--output", str(tmp_path / "e.npy"),
+                 "--batch-size", "4"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "e.npy"), fp32[:6], atol=1e-5)
+    assert main(["embed", "--model", str(minilm), "--input", str(src), "--output", str(tmp_path / "e.jsonl"),
+                 "--pooling", "cls", "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    cls = Embedder.from_pretrained(minilm, pooling="cls")(texts[:6])
+    np.testing.assert_allclose(np.array([r["embedding"] for r in rows]), cls, atol=1e-5)
+
+
+def test_cli_bad_input_is_one_clear_line(minilm, tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n", encoding="utf-8")
+    assert main(["embed", "--model", str(minilm), "--input", str(empty), "--output", str(tmp_path / "o.npy")]) == 2
+    assert "empty.txt: no texts" in capsys.readouterr().err
+    src = tmp_path / "t.txt"
+    src.write_text("hello\n", encoding="utf-8")
+    missing = tmp_path / "no-such-model"
+    assert main(["embed", "--model", str(missing), "--input", str(src), "--output", str(tmp_path / "o.npy")]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-model" in err and "not found" in err and "Traceback" not in err
+    assert main(["embed", "--model", str(minilm), "--input", str(tmp_path / "nope.txt"),
+                 "--output", str(tmp_path / "o.npy")]) == 2
+    assert "nope.txt" in capsys.readouterr().err
+    assert main(["embed", "--model", str(minilm), "--input", str(src), "--output", str(tmp_path / "o.csv")]) == 2
+    assert ".npy or .jsonl" in capsys.readouterr().err
+    assert not (tmp_path / "o.npy").exists()

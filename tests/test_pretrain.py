@@ -1,0 +1,135 @@
+"""Pre-training end to end on real IMDB text: configs, loss falls, a SIGKILLed `bertkit pretrain`
+resumes onto exactly the uninterrupted loss curve, and continued pre-training of MiniLM."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bertkit.data import prepare
+from bertkit.heads import BertForPreTraining
+from bertkit.pretrain import load_config, pretrain
+from conftest import minilm_dir
+from test_data import imdb_sample, small_vocab
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pre")
+    return imdb_sample(root / "imdb.jsonl", 150)
+
+
+@pytest.fixture(scope="module")
+def shards(corpus) -> Path:
+    out = corpus.parent / "shards"
+    prepare(small_vocab(corpus.parent / "vocab"), [corpus], out, max_seq_length=64, docs_per_shard=50, workers=1,
+            progress=False)
+    return out
+
+
+def tiny_overrides(shards: Path, out: Path, **extra) -> list[str]:
+    base = {"data": shards, "model": "tiny", "batch_size": 16, "eval_instances": 64, "eval_batch_size": 64,
+            "train.out_dir": out, "train.lr": "1e-3", "train.warmup": 5, "train.log_every": 1,
+            "train.progress": "false", "model_overrides": "{intermediate_size: 256}"}
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def test_config_file_overrides_and_errors(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("data: some/dir\nmodel: small\nmasking: {whole_word: true}\ntrain: {lr: 2e-4, max_steps: 7}\n")
+    cfg = load_config(f, ["train.lr=3e-4", "batch_size=8", "model_overrides.hidden_dropout_prob=0.0"])
+    assert cfg.model == "small" and cfg.masking.whole_word and cfg.batch_size == 8
+    assert cfg.train.lr == 3e-4 and isinstance(cfg.train.lr, float) and cfg.train.max_steps == 7
+    assert cfg.train.weight_decay == 0.01 and cfg.train.warmup == 0.01  # pre-training defaults kept
+    assert cfg.model_overrides == {"hidden_dropout_prob": 0.0}
+    j = tmp_path / "c.json"
+    j.write_text(json.dumps({"data": "d", "train": {"epochs": 2, "max_steps": None}}))
+    assert load_config(j).train.epochs == 2
+    with pytest.raises(ValueError, match="'train.lrr' is not one of"):
+        load_config(f, ["train.lrr=1"])
+    with pytest.raises(ValueError, match="'train.lr': 'fast' is not a valid float"):
+        load_config(f, ["train.lr=fast"])
+    with pytest.raises(ValueError, match="not key=value"):
+        load_config(f, ["lr"])
+    with pytest.raises(ValueError, match="`data`"):
+        load_config(None, [])
+    with pytest.raises(FileNotFoundError):
+        load_config(tmp_path / "none.yaml")
+
+
+def test_pretraining_on_imdb_lowers_the_loss(shards, tmp_path):
+    res = pretrain(load_config(None, tiny_overrides(shards, tmp_path / "run", **{"train.max_steps": 40,
+                                                                                 "train.eval_every": 20})))
+    steps = [r["loss"] for r in res.history if "loss" in r]
+    assert len(steps) == 40
+    assert np.mean(steps[-5:]) < np.mean(steps[:5]) - 1.0  # MLM over 5,000 word pieces starts near ln(5000)
+    evals = [r for r in res.history if "val_loss" in r]
+    assert len(evals) == 2 and evals[1]["val_mlm_loss"] < evals[0]["val_mlm_loss"]
+    assert all(0 <= r[k] <= 1 for r in evals for k in ("val_mlm_accuracy", "val_nsp_accuracy", "train_mlm_accuracy"))
+    model = BertForPreTraining.from_pretrained(tmp_path / "run" / "best")  # self-contained export
+    assert (tmp_path / "run" / "best" / "vocab.txt").is_file() and model.config.vocab_size == 5000
+
+
+def _losses(path: Path) -> list[tuple]:
+    recs = [json.loads(x) for x in path.read_text().splitlines()]
+    return [(r["step"], r.get("loss"), r.get("val_loss"), r.get("train_mlm_accuracy")) for r in recs]
+
+
+def test_sigkilled_pretraining_resumes_onto_the_same_loss_curve(shards, tmp_path):
+    args = tiny_overrides(shards, tmp_path / "run", **{"train.max_steps": 14, "train.save_every": 3,
+                                                       "train.eval_every": 5})
+    cmd = [sys.executable, "-m", "bertkit.cli", "pretrain", *args]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    kill_at = random.randint(4, 11)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline:
+        if metrics.exists() and sum(1 for x in metrics.read_text().splitlines() if '"loss"' in x) >= kill_at:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"run ended before the kill: {proc.stderr.read()[-2000:]}"
+    r = subprocess.run(cmd + ["resume=true"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resumed from" in r.stdout
+    full = pretrain(load_config(None, tiny_overrides(shards, tmp_path / "full", **{
+        "train.max_steps": 14, "train.save_every": 3, "train.eval_every": 5})))
+    assert full.step == 14
+    assert _losses(metrics) == _losses(tmp_path / "full" / "metrics.jsonl")  # exact, on CPU
+    a = BertForPreTraining.from_pretrained(tmp_path / "run" / "last").state_dict()
+    b = BertForPreTraining.from_pretrained(tmp_path / "full" / "last").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_continued_pretraining_of_minilm_with_fresh_heads(tmp_path):
+    corpus = imdb_sample(tmp_path / "imdb.jsonl", 30)
+    prepare(minilm_dir(), [corpus], tmp_path / "shards", max_seq_length=64, workers=1, progress=False)
+    start = BertForPreTraining.from_pretrained(minilm_dir())
+    res = pretrain(load_config(None, [f"data={tmp_path / 'shards'}", f"model={minilm_dir()}", "batch_size=4",
+                                      "eval_instances=8", "train.max_steps=2", "train.eval_every=1",
+                                      "train.progress=false", f"train.out_dir={tmp_path / 'run'}"]))
+    evals = [r for r in res.history if "val_mlm_accuracy" in r]
+    assert len(evals) == 2
+    tuned = BertForPreTraining.from_pretrained(tmp_path / "run" / "last")
+    emb = "bert.embeddings.word_embeddings.weight"
+    # The encoder started from MiniLM and moved a little; the MLM decoder is the embedding matrix.
+    d = (tuned.state_dict()[emb] - start.state_dict()[emb]).abs().max()
+    assert 0 < d < 1e-2
+    assert (tmp_path / "run" / "last" / "vocab.txt").is_file()
+    with pytest.raises(ValueError, match="different vocabulary"):
+        small = small_vocab(tmp_path / "v")
+        prepare(small, [corpus], tmp_path / "other", max_seq_length=64, workers=1, progress=False)
+        pretrain(load_config(None, [f"data={tmp_path / 'other'}", f"model={minilm_dir()}", "eval_instances=0"]))

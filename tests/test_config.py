@@ -92,5 +92,8 @@ def test_bad_configs_are_clear_errors(tmp_path):
         BertConfig.from_json(bad)
     with pytest.raises(ValueError, match="not a multiple"):
         BertConfig(hidden_size=100, num_attention_heads=3)
+    bad.write_text('{"hidden_size": "768"}')
+    with pytest.raises(ValueError, match=r"config.json: config field hidden_size must be int, got '768'"):
+        BertConfig.from_json(bad)
     with pytest.raises(ValueError, match="position_embedding_type"):
         BertConfig.from_dict({"position_embedding_type": "relative_key"})

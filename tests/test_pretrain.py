@@ -23,6 +23,15 @@ from conftest import minilm_dir
 from test_data import imdb_sample, small_vocab
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine extra threads only spin against other jobs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pre")
@@ -90,7 +99,7 @@ def test_sigkilled_pretraining_resumes_onto_the_same_loss_curve(shards, tmp_path
     args = tiny_overrides(shards, tmp_path / "run", **{"train.max_steps": 14, "train.save_every": 3,
                                                        "train.eval_every": 5})
     cmd = [sys.executable, "-m", "bertkit.cli", "pretrain", *args]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")  # as in this process
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     kill_at = random.randint(4, 11)
     metrics = tmp_path / "run" / "metrics.jsonl"

@@ -314,3 +314,51 @@ def test_cli_rejects_unknown_task_in_one_line(capsys, minilm, tmp_path):
     assert main(["finetune", "--task", "nope", "--model", str(minilm), "--out-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown task 'nope'" in err
+
+
+# --- one real fine-tune through the engine, then evaluate / predict / the CLI on its output ---
+
+@pytest.fixture(scope="module")
+def sst2_model(minilm, tmp_path_factory):
+    from bertkit.tasks.finetune import finetune
+
+    data_path("glue", "SST-2")
+    out = tmp_path_factory.mktemp("sst2")
+    # 25 steps of 8: a high lr (3e-4) is what moves MiniLM off the majority class this fast.
+    summary = finetune("sst2", minilm, out, epochs=1, lr=3e-4, batch_size=8, max_train_examples=200,
+                       max_eval_examples=200, max_length=48, data_dir=DATA_DIR, progress=False)
+    return out, summary
+
+
+def test_tiny_sst2_finetune_beats_chance(sst2_model):
+    out, s = sst2_model
+    (epoch,) = s["epochs"]
+    assert s["best"] == epoch["val_accuracy"] > 0.6  # 200 dev examples, majority class 0.535
+    assert {"train_loss", "train_accuracy", "val_loss", "epoch_seconds"} <= set(epoch)
+    config = json.loads((out / "best" / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    assert config["finetuning_task"] == "sst2" and (out / "best" / "vocab.txt").exists()
+    assert json.loads((out / "finetune.json").read_text())["best"] == s["best"]
+
+
+def test_evaluate_reloads_the_best_model(sst2_model):
+    from bertkit.tasks.finetune import evaluate
+
+    out, s = sst2_model
+    scores = evaluate(out, max_examples=200, data_dir=DATA_DIR)  # same seeded subset as validation
+    assert scores["accuracy"] == pytest.approx(s["best"])
+
+
+def test_predict_and_cli_on_the_fine_tuned_model(sst2_model, capsys, tmp_path):
+    from bertkit.cli import main
+    from bertkit.tasks.finetune import evaluate, predict
+
+    out, _ = sst2_model
+    results = predict(out, ["a gorgeous , witty , seductive movie .", "the plot is nothing but boilerplate ."])
+    assert [r["label"] for r in results] == ["positive", "negative"]
+    assert all(abs(sum(r["scores"].values()) - 1) < 1e-5 and r["score"] >= 0.5 for r in results)
+    assert main(["predict", str(out), "--text", "a gorgeous , witty , seductive movie ."]) == 0
+    assert json.loads(capsys.readouterr().out)["label"] == "positive"
+    # A user's own labelled file, scored with the model's label names.
+    dev = _write(tmp_path, "mine.tsv", "text\tlabel\na gorgeous , witty movie .\tpositive\nboilerplate .\tnegative\n")
+    assert evaluate(out, "custom", dev_file=dev)["accuracy"] == 1.0

@@ -162,6 +162,8 @@ def test_tokens_match_python_reference(tok, legacy):
 def test_truncation_and_windows_match_rust(tok, vocab_file, strategy, max_length, stride):
     if strategy == "only_first":  # the context first, so that it is the long one
         pairs = [(c, q) for q, c in squad_pairs()[::40]]
+    elif strategy == "only_second":  # question, then the long context: reading comprehension
+        pairs = squad_pairs()[::40]
     else:
         pairs = squad_pairs()[::40] + glue_pairs()[::20]
     ref = rust(vocab_file)

@@ -120,7 +120,9 @@ def read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
         except Exception as e:  # weights_only refuses anything but plain tensors
             raise ValueError(f"{legacy}: not a plain tensor file ({type(e).__name__}); "
                              f"bertkit does not run pickled code") from None
-        return state.get("state_dict", state) if isinstance(state, dict) else state
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError(f"{legacy}: expected a dict of named tensors")
+        return state
     raise FileNotFoundError(f"{model_dir}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
 
 
@@ -179,9 +181,10 @@ def to_hf(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         m = QKV.match(key)
         if m:
             for part, t in zip(("query", "key", "value"), tensor.chunk(3)):
-                out[f"{hf_prefix}encoder.layer.{m.group(1)}.attention.self.{part}.{m.group(2)}"] = t.clone()
+                # clone: safetensors refuses tensors that share memory
+                out[f"{hf_prefix}encoder.layer.{m.group(1)}.attention.self.{part}.{m.group(2)}"] = t.cpu().clone()
             continue
-        out[hf_prefix + _rename(key, _BK_TO_HF)] = tensor.contiguous()
+        out[hf_prefix + _rename(key, _BK_TO_HF)] = tensor.contiguous().cpu()
     return out
 
 

@@ -47,6 +47,11 @@ class BertConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # config.json is hand-edited: catch "768" or 0.5 layers early
+            v = getattr(self, f.name)
+            if (f.type == "int" and (not isinstance(v, int) or isinstance(v, bool))) or \
+                    (f.type == "float" and (not isinstance(v, (int, float)) or isinstance(v, bool))):
+                raise ValueError(f"config field {f.name} must be {f.type}, got {v!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of "
                              f"num_attention_heads {self.num_attention_heads}")
@@ -114,7 +119,7 @@ class BertConfig:
             raise ValueError(f"{path}: expected a JSON object")
         try:
             return cls.from_dict(d)
-        except TypeError as e:
+        except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
 
     def to_json(self, path: str | Path) -> None:

@@ -73,7 +73,7 @@ class SelfAttention(nn.Module):
         # Query, key and value in one matmul; checkpoint.py splits it for Hugging Face.
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.dropout = config.attention_probs_dropout_prob
+        self.attn_dropout_p = config.attention_probs_dropout_prob  # a probability: SDPA applies it
         self.resid_dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
@@ -82,7 +82,7 @@ class SelfAttention(nn.Module):
         b, s, h = x.shape
         qkv = self.qkv(x).view(b, s, 3, self.n_head, self.head_size)  # [batch, seq, 3, heads, head_size]
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [batch, heads, seq, head_size]
-        dropout = self.dropout if self.training else 0.0
+        dropout = self.attn_dropout_p if self.training else 0.0
         if output_attentions:
             # The explicit path: only here are the attention probabilities materialised.
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_size)  # [batch, heads, seq, seq]

@@ -37,8 +37,8 @@ import re
 import sys
 import unicodedata
 from dataclasses import dataclass, field
-from itertools import accumulate, chain, count, repeat
-from operator import add, itemgetter
+from itertools import accumulate, chain, compress
+from operator import itemgetter
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -330,7 +330,7 @@ class Tokenizer:
         # No vocabulary piece is longer than this: WordPiece never tries longer substrings.
         self._max_piece = max(len(t) for t in vocab)
         self._word_cache: dict[str, tuple[tuple[int, int, int], ...]] = {}
-        # chunk -> (ids, starts, ends), spans relative to the chunk (see _encode_piece)
+        # chunk -> (ids, steps, marks): see _encode_chunk
         self._chunk_cache: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = {}
 
     # -- loading and saving --
@@ -411,18 +411,24 @@ class Tokenizer:
         return tuple(found)
 
     def _encode_chunk(self, chunk: str) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-        """(ids, starts, ends) of a text without special tokens; spans relative to the chunk."""
-        ids, starts, ends = [], [], []
+        """A chunk's cache entry: (ids, steps, marks).
+
+        Spans are stored as steps of a walk through the text: from the chunk's
+        start to each token's start, then to its end, ..., and finally past
+        the chunk and its space to the next chunk's start. Summing steps over
+        consecutive chunks (itertools.accumulate) gives every position in one
+        C-level pass; `marks` is 1 for the sums that are token starts or ends.
+        """
+        ids, steps = [], []
+        at = 0
         for word, origin in self.basic.words(chunk):
             for i, s, e in self._wordpiece(word):
+                start, end = (origin + s, origin + e) if isinstance(origin, int) else (origin[s], origin[e - 1] + 1)
                 ids.append(i)
-                if isinstance(origin, int):
-                    starts.append(origin + s)
-                    ends.append(origin + e)
-                else:
-                    starts.append(origin[s])
-                    ends.append(origin[e - 1] + 1)
-        return tuple(ids), tuple(starts), tuple(ends)
+                steps += (start - at, end - start)
+                at = end
+        steps.append(len(chunk) + 1 - at)
+        return tuple(ids), tuple(steps), (1,) * (2 * len(ids)) + (0,)
 
     def _encode_text(self, text: str, with_offsets: bool = True) -> tuple[list[int], list[tuple[int, int]] | None]:
         """Ids (and spans into `text`) of one sequence, no [CLS]/[SEP] added."""
@@ -441,8 +447,8 @@ class Tokenizer:
         """Append ids and spans of `piece` (no special tokens in it), which starts at `base` in its text.
 
         The hot path: every loop below runs in C (map, chain, accumulate), one
-        dictionary lookup per space-separated chunk, so no Python code runs per
-        token once the chunks have been seen.
+        dictionary lookup per space-separated chunk; no Python code runs per
+        chunk or token once the chunks have been seen.
         """
         if self.basic.do_lower_case and piece.isascii():
             piece = piece.lower()  # one-for-one in ASCII; chunks then repeat more often
@@ -453,15 +459,10 @@ class Tokenizer:
                 if hit is None:
                     hits[k] = self._remember(chunks[k])
         ids += chain.from_iterable(map(itemgetter(0), hits))
-        if offsets is None:
-            return
-        # A chunk starts after the chunks before it and one space for each.
-        chunk_starts = map(add, accumulate(map(len, chunks), initial=base), count())
-        # Each token's chunk start, then added to the token's span within its chunk.
-        shift = list(chain.from_iterable(map(repeat, chunk_starts, map(len, map(itemgetter(0), hits)))))
-        starts = map(add, chain.from_iterable(map(itemgetter(1), hits)), shift)
-        ends = map(add, chain.from_iterable(map(itemgetter(2), hits)), shift)
-        offsets += zip(starts, ends)
+        if offsets is not None:
+            walk = accumulate(chain.from_iterable(map(itemgetter(1), hits)), initial=base)
+            positions = compress(walk, chain((0,), chain.from_iterable(map(itemgetter(2), hits))))
+            offsets += zip(positions, positions)  # one iterator twice: consecutive (start, end) pairs
 
     def _remember(self, chunk: str) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         """Encode a chunk seen for the first time, and cache it unless it is long (long ones rarely repeat)."""

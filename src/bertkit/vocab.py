@@ -226,17 +226,32 @@ def learn_wordpiece(
         partners.setdefault(pair[1], set()).add(pair)
     total = sum(piece_count)  # pieces in the corpus: shrinks with every merge
 
-    def key(pair: tuple[int, int]) -> tuple[float, int, int, int]:
+    # Both scores fall as total shrinks and rise as count(a) or count(b) shrinks.
+    # The heap holds, per pair, a key that is an upper bound of its score: the
+    # score computed with floor[x] <= count(x), half the count x had when its
+    # partners were last scored, in place of each piece's count. So when a merge
+    # lowers count(a), a's partners (thousands, for a common piece) keep valid
+    # bounds and need no rescoring until count(a) has halved. The price: a popped
+    # top is checked with true counts, and goes back in if it loses.
+    floor = [(c + 1) // 2 for c in piece_count]
+    exact_of: dict[int, set[tuple[int, int]]] = {}  # piece -> pairs whose key used its true count
+
+    def key(pair: tuple[int, int], counts: list[int]) -> tuple[float, int, int, int]:
         a, b = pair
         n = pair_count[pair]
-        return (-score(n, piece_count[a], piece_count[b], total, a == b), -n, a, b)
+        count_a, count_b = max(counts[a], n), max(counts[b], n)  # a pair's pieces occur >= n times
+        return (-score(n, count_a, count_b, total, a == b), -n, a, b)
 
-    # Max-heap by key, with lazy deletion: `latest` holds each pair's newest key, so
-    # older copies are recognised and dropped when popped. A pair's score changes
-    # when its own or its pieces' counts change (it is then pushed again) and, for
-    # "likelihood", when `total` shrinks, which only lowers it: a stored key is
-    # always an upper bound, so the top is rescored and accepted once it is current.
-    latest = {p: key(p) for p, n in pair_count.items() if n >= min_frequency}
+    def push(pair: tuple[int, int], counts: list[int]) -> None:
+        if pair_count[pair] >= min_frequency:
+            latest[pair] = k = key(pair, counts)
+            heapq.heappush(heap, k)
+        else:
+            latest.pop(pair, None)
+
+    # Max-heap of keys (-score, -count, a, b), with lazy deletion: `latest` holds
+    # each pair's newest key, so older copies are dropped when popped.
+    latest = {p: key(p, floor) for p, n in pair_count.items() if n >= min_frequency}
     heap = list(latest.values())
     heapq.heapify(heap)
 
@@ -247,19 +262,25 @@ def learn_wordpiece(
         pair = (top[2], top[3])
         if latest.get(pair) != top:
             continue  # superseded, or the pair was merged away
-        now = key(pair)
-        if now != top:  # only `total` moved: put it back with its current score
-            latest[pair] = now
-            heapq.heappush(heap, now)
+        exact = key(pair, piece_count)
+        if heap and exact > heap[0]:
+            # Not the best once scored exactly: back in with the exact key, which
+            # stays an upper bound until count(a) or count(b) changes.
+            latest[pair] = exact
+            heapq.heappush(heap, exact)
+            exact_of.setdefault(pair[0], set()).add(pair)
+            exact_of.setdefault(pair[1], set()).add(pair)
             continue
         a, b = pair
         merged = pieces[a] + pieces[b][len(PREFIX):]
         # Two different pairs can spell the same piece ("ab"+"##c", "a"+"##bc").
         new = piece_id.get(merged)
-        if new is None:
+        fresh = new is None
+        if fresh:
             new = piece_id[merged] = len(pieces)
             pieces.append(merged)
             piece_count.append(0)
+            floor.append(0)
             bar.update(1)
 
         delta: Counter[tuple[int, int]] = Counter()
@@ -303,16 +324,20 @@ def learn_wordpiece(
                 partners.setdefault(p[0], set()).add(p)
                 partners.setdefault(p[1], set()).add(p)
 
-        # Counts of a, b and `new` changed, so every pair touching them is rescored.
+        # Rescore the pairs whose bound may now be too low: those whose own count
+        # changed, those scored with the true count of a or b, and all partners of
+        # a piece that fell below its floor. (`new` only gained: bounds still hold.)
         rescore = {p for p, d in delta.items() if d and p in pair_count}
-        for s in (a, b, new):
-            rescore |= partners.get(s, set())
+        if fresh:
+            floor[new] = (piece_count[new] + 1) // 2
+        for x in (a, b):
+            rescore |= exact_of.pop(x, set())
+            if piece_count[x] < floor[x]:
+                floor[x] = (piece_count[x] + 1) // 2
+                rescore |= partners.get(x, set())
         for p in rescore:
-            if pair_count[p] >= min_frequency:
-                latest[p] = k = key(p)
-                heapq.heappush(heap, k)
-            else:
-                latest.pop(p, None)
+            if p in pair_count:
+                push(p, floor)
     bar.close()
     return specials + pieces
 

@@ -67,6 +67,8 @@ def get_task(task: str | Task | None, **custom) -> Task:
     if isinstance(task, Task):
         return task
     if task in (None, "custom"):
+        if task is None and not (custom.get("train_file") or custom.get("dev_file")):
+            raise ValueError(f"give --task (one of {', '.join(TASKS)}) or your own --train-file/--dev-file")
         return custom_task(**custom)
     key = task.lower().replace("-", "")
     if key not in TASKS:

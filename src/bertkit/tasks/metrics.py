@@ -3,6 +3,8 @@
 Classification: accuracy, binary F1, Matthews correlation. Regression:
 Pearson and Spearman. SQuAD: the official v1.1 exact match and token F1.
 NER: entity-level precision/recall/F1 with conlleval's chunking rules.
+Scales follow each metric's usual report: classification and correlations as
+fractions (0-1); SQuAD and entity scores in percent, as their official scripts print.
 """
 
 from __future__ import annotations

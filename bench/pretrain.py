@@ -6,7 +6,7 @@ A MiniLM-size model (6 layers, hidden 384, 12 heads, FFN 1536, bert-base-uncased
 built by bertkit, saved, and loaded by transformers, so both hold identical weights. One batch of
 16 x 128 real IMDB instances (bertkit prepare + dynamic masking; random ids when the data is
 absent) feeds both. First the MLM+NSP losses are compared with dropout off; then training steps
-(forward + backward + clipping + AdamW, as the engine does them) alternate between the two models
+(forward + backward + clipping + the engine's fused AdamW, for both models) alternate between the two models
 so that machine load hits both alike, in fp32 and in bf16 autocast. tokens/s counts real
 (attention-mask) tokens. bertkit's MLM head computes logits at the masked positions only.
 """
@@ -89,7 +89,7 @@ def main() -> None:
 
     from bertkit.config import BertConfig
     from bertkit.heads import BertForPreTraining
-    from bertkit.train import param_groups
+    from bertkit.train import TrainConfig, build_optimizer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-pretrain-"))
     batch, source = make_batch(args.batch_size, args.seq, tmp)
@@ -122,7 +122,7 @@ def main() -> None:
         runs = {}
         for name, model, inputs in (("bertkit", bk, batch), ("transformers", hf, hbatch)):
             model.train()
-            opt = torch.optim.AdamW(param_groups(model, 0.01), lr=1e-4, eps=1e-6)
+            opt = build_optimizer(model, TrainConfig(lr=1e-4), torch.device("cpu"))  # the engine's, for both
 
             def step(model=model, inputs=inputs, opt=opt) -> float:
                 t0 = time.perf_counter()

@@ -57,11 +57,17 @@ def main() -> None:
     ap.add_argument("--vocab-size", type=int, default=30000)
     ap.add_argument("--min-frequency", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2, help="word-counting processes for bertkit")
+    ap.add_argument("--train-texts", type=int, default=None, help="learn from the first N train reviews")
     ap.add_argument("--test-texts", type=int, default=None, help="evaluate on the first N test reviews")
     ap.add_argument("--out", default=None, help="keep the vocabularies here (default: a temp dir)")
     args = ap.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="bertkit-bench-vocab-"))
+    out.mkdir(parents=True, exist_ok=True)
     train_file = IMDB / "train.jsonl"
+    if args.train_texts:  # a smaller corpus, for a quick run
+        subset = list(read_texts(train_file))[: args.train_texts]
+        train_file = out / "train.jsonl"
+        train_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in subset), encoding="utf-8")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared)")
 
     # bertkit: count words (worker processes), then learn, per criterion.

@@ -141,3 +141,22 @@ def test_extra_batch_fields_are_ignored(batch):
         a = model(**batch)["logits"]
         b = model(**batch, example_index=torch.arange(batch["input_ids"].shape[0]))["logits"]
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["BertForPreTraining", "BertForSequenceClassification", "BertForQuestionAnswering"])
+def test_heads_on_real_minilm_encoder(name, minilm, tmp_path):
+    """The real encoder under each kind of head (pooled, per-token, MLM): transformers initialises
+    the head, saves; bertkit loads and must agree on logits and loss."""
+    torch.manual_seed(0)
+    hf = getattr(transformers, name).from_pretrained(str(minilm)).eval()
+    hf.save_pretrained(tmp_path)
+    bk = getattr(heads, name).from_pretrained(tmp_path)
+    for batch in sst2_batches(minilm, n_batches=2, batch_size=4, pairs=True):
+        hf_labels, bk_labels = make_labels(name, batch, 2)
+        with torch.no_grad():
+            ref, out = hf(**batch, **hf_labels), bk(**batch, **bk_labels)
+            plain = bk(**batch)
+        for key, want in hf_logits(name, ref).items():
+            per_token = want.dim() >= 2 and want.shape[1] == batch["input_ids"].shape[1]
+            assert max_diff(want, plain[key], batch["attention_mask"] if per_token else None) <= TOL, key
+        assert abs(ref.loss.item() - out["loss"].item()) <= TOL

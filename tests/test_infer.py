@@ -63,8 +63,8 @@ def test_order_and_batching_do_not_change_results(embedder, texts, fp32):
     # One text at a time (no padding at all) vs length-sorted padded batches.
     one_by_one = np.concatenate([embedder([t]) for t in texts[:12]])
     np.testing.assert_allclose(fp32[:12], one_by_one, atol=1e-5)
-    reversed_ = embedder(texts[::-1], batch_size=5)
-    np.testing.assert_allclose(reversed_[::-1], fp32, atol=1e-5)
+    reversed_ = embedder(texts[:24][::-1], batch_size=5)
+    np.testing.assert_allclose(reversed_[::-1], fp32[:24], atol=1e-5)
 
 
 def test_cls_pooling_is_the_first_vector(embedder, texts):
@@ -77,11 +77,12 @@ def test_cls_pooling_is_the_first_vector(embedder, texts):
 
 
 def test_long_inputs_truncate_or_windows(embedder):
-    long = " ".join(f"word{i % 97} story{i % 13}" for i in range(1000))  # 2000 words, thousands of tokens
-    short = "a short sentence ."
+    with open(data_path("imdb", "test.jsonl"), encoding="utf-8") as f:
+        words = " ".join(json.loads(next(f))["text"] for _ in range(20)).split()
+    assert len(words) >= 2000
+    long, short = " ".join(words[:2000]), "a short sentence ."
     truncated = embedder([long, short])
-    n_tokens = len(embedder.tokenizer.encode(long, truncation=False).input_ids)
-    assert n_tokens > 2000
+    assert len(embedder.tokenizer.encode(long, truncation=False)) > 2000
     # Truncation = the first 510 word pieces between [CLS] and [SEP].
     ids = embedder.tokenizer.encode(long, max_length=512).input_ids
     assert len(ids) == 512
@@ -89,11 +90,11 @@ def test_long_inputs_truncate_or_windows(embedder):
         first = pool(embedder.model(torch.tensor([ids])).last_hidden_state, torch.ones(1, 512), "mean").numpy()
     np.testing.assert_allclose(truncated[:1], first, atol=1e-5)
 
-    windowed = Embedder(embedder.model, embedder.tokenizer, long_inputs="windows", max_length=128, stride=32)
+    windowed = Embedder(embedder.model, embedder.tokenizer, long_inputs="windows", max_length=256, stride=64)
     got = windowed([long, short])
     # By hand: every window embedded alone, averaged weighted by its token count.
     features, owners = windowed.features([long])
-    assert len(features) > 10 and set(owners) == {0}
+    assert len(features) >= 10 and set(owners) == {0}
     vecs, weights = [], []
     with torch.inference_mode():
         for f in features:
@@ -108,10 +109,11 @@ def test_long_inputs_truncate_or_windows(embedder):
 @pytest.mark.parametrize("dtype,min_cosine", [("bf16", 0.99), ("int8", 0.98)])
 def test_low_precision_close_to_fp32(embedder, texts, fp32, dtype, min_cosine):
     low = Embedder(embedder.model, embedder.tokenizer, dtype=dtype)
-    got = low(texts, batch_size=8)
+    sst2 = [i for i, t in enumerate(texts) if len(t) < 1000]  # bf16 is slow on CPUs without bf16 units
+    got = low([texts[i] for i in sst2], batch_size=8)
     assert got.dtype == np.float32
-    c = cosine(got, fp32)
-    assert c.mean() >= min_cosine, (dtype, c.mean(), c.min())
+    c = cosine(got, fp32[sst2])
+    assert c.mean() >= min_cosine and c.min() >= 0.95, (dtype, c.mean(), c.min())
     assert not np.array_equal(got, fp32)  # it really ran in another precision
     assert next(embedder.model.parameters()).dtype == torch.float32  # the fp32 model is untouched
 

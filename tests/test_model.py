@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 
 from conftest import ROOT, data_path
 from bertkit.config import BertConfig
@@ -133,30 +132,23 @@ def test_padding_does_not_change_real_tokens(minilm):
             assert max_diff(alone, together[i, :n]) <= TOL
 
 
-class _Calls(TorchFunctionMode):
-    """Records the names of the torch functions called inside the block."""
-
-    def __init__(self):
-        super().__init__()
-        self.names: set[str] = set()
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.names.add(getattr(func, "__name__", str(func)))
-        return func(*args, **(kwargs or {}))
+def aten_ops(fn) -> set[str]:
+    """Names of the aten operators fn runs (kernel level: also sees what SDPA does inside)."""
+    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key for e in prof.key_averages()}
 
 
-def test_eval_forward_uses_sdpa_and_no_softmax():
+def test_eval_forward_never_materialises_attention_probs():
     model = BertModel(BertConfig.preset("tiny", vocab_size=100)).eval()
     ids = torch.randint(1, 100, (2, 9))
     mask = torch.ones_like(ids)
     mask[1, 5:] = 0
-    with torch.no_grad(), _Calls() as calls:
-        model(ids, attention_mask=mask)
-    assert "scaled_dot_product_attention" in calls.names
-    assert not {"softmax", "_softmax"} & calls.names  # attention probabilities never materialised
-    with torch.no_grad(), _Calls() as calls:
-        out = model(ids, attention_mask=mask, output_attentions=True)
-    assert "softmax" in calls.names
+    ops = aten_ops(lambda: model(ids, attention_mask=mask))
+    assert "aten::scaled_dot_product_attention" in ops
+    assert "aten::_softmax" not in ops  # a fused kernel, not SDPA's math fallback
+    assert "aten::_softmax" in aten_ops(lambda: model(ids, attention_mask=mask, output_attentions=True))
+    out = model(ids, attention_mask=mask, output_attentions=True)
     # Padded keys get no attention; each row is a distribution.
     assert out.attentions[0][1, :, :, 5:].abs().max().item() == 0.0
     assert torch.allclose(out.attentions[0].sum(-1), torch.ones(()), atol=1e-6)
@@ -199,3 +191,17 @@ def test_contextual_bat_example(minilm):
     assert cricket_cave < 0.9  # same word, different meaning: noticeably different vectors
     assert cricket_cricket > cricket_cave
     assert cricket_cricket > float(cos["cos(cricket 2, cave)"])
+
+
+def test_bf16_weights_and_autocast_run_close_to_fp32(minilm):
+    model = BertModel.from_pretrained(minilm)
+    batch = sst2_batches(minilm, n_batches=1)[0]
+    real = batch["attention_mask"].bool()
+    with torch.no_grad():
+        want = model(**batch).last_hidden_state[real]  # [tokens, hidden]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = model(**batch).last_hidden_state[real].float()
+        model.to(torch.bfloat16)
+        bf16 = model(**batch).last_hidden_state[real].float()
+    for got in (autocast, bf16):
+        assert torch.nn.functional.cosine_similarity(got, want, dim=-1).min().item() > 0.99

@@ -230,13 +230,19 @@ def test_build_vocab_loads_and_covers_its_corpus(tmp_path):
 
 
 def test_jsonl_input_and_worker_pool_give_the_same_counts(tmp_path):
-    texts = sst2_sentences(2500)
+    texts = sst2_sentences(4000)
     plain = write_lines(tmp_path / "a.txt", texts)
     jsonl = write_lines(tmp_path / "a.jsonl", [json.dumps({"id": i, "text": t}) for i, t in enumerate(texts)])
     other = write_lines(tmp_path / "b.json", [json.dumps({"sentence": t}) for t in texts])
+    assert jsonl.stat().st_size > 128 * 1024  # big enough for the worker pool
     one = count_words([plain], workers=1, progress=False)
-    assert count_words([jsonl], workers=2, progress=False) == one  # the pool path
+    assert count_words([jsonl], workers=2, progress=False) == one
     assert count_words([other], text_field="sentence", workers=1, progress=False) == one
+    # A bad line deep in the file still stops the pool with its file and line.
+    with open(jsonl, "a", encoding="utf-8") as f:
+        f.write('{"text": "fine"}\n{"text": 3}\n')
+    with pytest.raises(ValueError, match=rf"a\.jsonl:{len(texts) + 2}: no string field 'text'"):
+        count_words([jsonl], workers=2, progress=False)
 
 
 def test_cased_vocab_keeps_case_and_accents(tmp_path):

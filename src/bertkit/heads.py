@@ -161,7 +161,7 @@ class BertForSequenceClassification(PretrainedMixin, nn.Module):
             loss = F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).reshape(-1)) \
                 if self.config.num_labels == 1 else F.mse_loss(logits, labels.to(logits.dtype))
         elif problem == "single_label_classification":
-            loss = F.cross_entropy(logits, labels.reshape(-1))
+            loss = F.cross_entropy(logits, labels.reshape(-1).long())
         elif problem == "multi_label_classification":
             loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
         else:

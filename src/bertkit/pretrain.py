@@ -6,7 +6,9 @@ The config (YAML or JSON) mirrors PretrainConfig; `key=value` overrides use dott
 (train.lr=1e-4, masking.whole_word=true) and YAML values. `model` is a preset name for
 pre-training from scratch, or a checkpoint directory / name to continue pre-training from
 (e.g. sentence-transformers/all-MiniLM-L6-v2: missing MLM/NSP heads are initialised, the MLM
-decoder is tied to the word embeddings).
+decoder is tied to the word embeddings). Several processes (CPU or GPU):
+
+    torchrun --nproc_per_node=2 -m bertkit.cli pretrain --config pretrain.yaml
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class PretrainConfig:
     model: str = "mini"  # preset name (tiny, mini, small, medium, base, large) or a checkpoint to continue from
     model_overrides: dict[str, Any] = field(default_factory=dict)  # BertConfig fields, e.g. hidden_dropout_prob
     batch_size: int = 32
-    eval_instances: int = 1000  # held out from the END of the data (whole documents, not seen in training)
+    eval_instances: int = 1000  # held out from the END of the data: the last documents (one may straddle)
     eval_batch_size: int = 64
     resume: bool = False  # continue from train.out_dir/state.pt
     masking: MaskingConfig = field(default_factory=MaskingConfig)

@@ -31,6 +31,7 @@ both give the reference's output.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -38,7 +39,6 @@ import sys
 import unicodedata
 from dataclasses import dataclass, field
 from itertools import accumulate, chain, compress
-from operator import itemgetter
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -122,9 +122,9 @@ class BasicTokenizer:
                 chars.append(" ")
                 origin.append(i)
             if self.strip_accents:
-                # One character at a time: full NFD would also reorder runs of
-                # combining marks, which only differs for the 25 combining marks
-                # that are not Mn (e.g. musical symbols) -- none is in a BERT vocab.
+                # One character at a time: NFD of the whole text could also
+                # reorder combining marks, but all of them go except 25 rare
+                # non-Mn ones (musical symbols...), none in a BERT vocabulary.
                 out = "".join(c for c in unicodedata.normalize("NFD", ch) if unicodedata.category(c) != "Mn")
             else:
                 out = ch
@@ -149,6 +149,11 @@ class BasicTokenizer:
         if text.isascii() and not _ASCII_CONTROL.search(text):
             if self.do_lower_case:
                 text = text.lower()
+            if " " not in text and text.isprintable():
+                # No whitespace at all (a chunk, see Tokenizer._encode_piece): the
+                # words tile the text, each starting where the previous one ended.
+                words = _ASCII_WORD.findall(text)
+                return list(zip(words, accumulate(map(len, words), initial=0)))
             return [(m.group(), m.start()) for m in _ASCII_WORD.finditer(text)]
         chars, origin = self.normalize(text)
         out: list[tuple[str, int | list[int]]] = []
@@ -156,7 +161,8 @@ class BasicTokenizer:
 
         def flush(stop: int) -> None:
             where = origin[start:stop]
-            one_for_one = where[-1] - where[0] == stop - start - 1  # positions never decrease
+            # Positions never decrease: distinct and spanning len(where) means consecutive.
+            one_for_one = where[-1] - where[0] == stop - start - 1 and len(set(where)) == len(where)
             out.append(("".join(chars[start:stop]), where[0] if one_for_one else where))
 
         for j, ch in enumerate(chars):
@@ -300,6 +306,12 @@ def _truncate(a: _Pieces, b: _Pieces | None, max_len: int, strategy: str, stride
 
 # --- the tokenizer -------------------------------------------------------------
 
+@functools.lru_cache(maxsize=256)
+def _marks(n_tokens: int) -> tuple[int, ...]:
+    """A chunk's marks (see Tokenizer._encode_chunk), shared between chunks to save memory."""
+    return (1,) * (2 * n_tokens) + (0,)
+
+
 _TRUNCATION = {True: "longest_first", "longest_first": "longest_first", "only_first": "only_first",
                "only_second": "only_second"}
 # A chunk cache this large (~100 MB) is cleared rather than grown: memory stays bounded.
@@ -428,7 +440,7 @@ class Tokenizer:
                 steps += (start - at, end - start)
                 at = end
         steps.append(len(chunk) + 1 - at)
-        return tuple(ids), tuple(steps), (1,) * (2 * len(ids)) + (0,)
+        return tuple(ids), tuple(steps), _marks(len(ids))
 
     def _encode_text(self, text: str, with_offsets: bool = True) -> tuple[list[int], list[tuple[int, int]] | None]:
         """Ids (and spans into `text`) of one sequence, no [CLS]/[SEP] added."""
@@ -458,10 +470,11 @@ class Tokenizer:
             for k, hit in enumerate(hits):
                 if hit is None:
                     hits[k] = self._remember(chunks[k])
-        ids += chain.from_iterable(map(itemgetter(0), hits))
+        chunk_ids, steps, marks = zip(*hits)  # str.split gives at least one chunk
+        ids += chain.from_iterable(chunk_ids)
         if offsets is not None:
-            walk = accumulate(chain.from_iterable(map(itemgetter(1), hits)), initial=base)
-            positions = compress(walk, chain((0,), chain.from_iterable(map(itemgetter(2), hits))))
+            walk = accumulate(chain.from_iterable(steps), initial=base)
+            positions = compress(walk, chain((0,), chain.from_iterable(marks)))
             offsets += zip(positions, positions)  # one iterator twice: consecutive (start, end) pairs
 
     def _remember(self, chunk: str) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:

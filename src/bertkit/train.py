@@ -104,6 +104,13 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
+def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over param_groups. The fused kernel (one pass over all tensors) is several times
+    faster than PyTorch's default per-tensor loop on CPU, where the loop is the default."""
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                             fused=device.type in ("cpu", "cuda"))
+
+
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     """Linear warmup from 0 to 1 over warmup_steps, then linear decay to 0 at total_steps."""
     if step < warmup_steps:
@@ -376,8 +383,7 @@ class _Trainer:
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         warmup = warmup_steps_for(cfg, self.total_steps)
-        self.optimizer = torch.optim.AdamW(param_groups(self.core, cfg.weight_decay), lr=cfg.lr,
-                                           betas=cfg.betas, eps=cfg.eps)
+        self.optimizer = build_optimizer(self.core, cfg, dist_.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, warmup, self.total_steps))
         self.scaler = torch.amp.GradScaler("cuda") if cfg.dtype == "fp16" else None
@@ -505,6 +511,7 @@ class _Trainer:
     # -- the loop ------------------------------------------------------------
 
     def _micro_step(self, batch: dict, window: int, sync: bool) -> tuple[float, float, dict]:
+        tokens = _count_tokens(batch)  # before the copy: no device sync for a count
         batch = _to_device(batch, self.d.device)
         no_sync = self.model.no_sync if (self.d.world > 1 and not sync) else nullcontext
         with no_sync():
@@ -516,7 +523,7 @@ class _Trainer:
         if self.batch_stats is not None:
             with torch.no_grad():
                 stats = {k: (float(s), float(c)) for k, (s, c) in self.batch_stats(batch, out).items()}
-        return float(out["loss"].detach()), _count_tokens(batch), stats
+        return float(out["loss"].detach()), tokens, stats
 
     def _optimizer_step(self) -> None:
         if self.scaler:
@@ -538,6 +545,8 @@ class _Trainer:
     def run(self, resume: bool) -> TrainResult:
         cfg = self.cfg
         if resume:
+            if self.out is None:
+                raise ValueError("resume needs out_dir: the state to resume from lives there")
             self._load()
         elif self.writer and (self.out / METRICS_FILE).exists():
             (self.out / METRICS_FILE).unlink()  # a fresh run starts a fresh log
@@ -602,27 +611,31 @@ class _Trainer:
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
-    """Train loss per logged step, and every validation metric per evaluation, as one PNG."""
+    """One PNG: losses (train per logged step, validation per evaluation) on the left, every
+    other validation metric (accuracy, F1, ...) on the right, so each panel has one scale."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
 
     logs = [r for r in history if "loss" in r]
-    reports = [r for r in history if any(k.startswith("val_") for k in r)]
-    val_keys = sorted({k for r in reports for k in r if k.startswith("val_")})
-    fig = Figure(figsize=(6 * (1 + bool(val_keys)), 4))
+    val_keys = sorted({k for r in history for k in r if k.startswith("val_")})
+    loss_keys = [k for k in val_keys if "loss" in k]
+    metric_keys = [k for k in val_keys if "loss" not in k]
+    fig = Figure(figsize=(6 * (1 + bool(metric_keys)), 4))
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1 + bool(val_keys), 1)
+
+    def curves(ax, keys: list[str], title: str) -> None:
+        for k in keys:
+            pts = [(r["step"], r[k]) for r in history if k in r]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=k)
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        ax.legend()
+
+    ax = fig.add_subplot(1, 1 + bool(metric_keys), 1)
     ax.plot([r["step"] for r in logs], [r["loss"] for r in logs], label="train loss")
-    ax.set_xlabel("step")
-    ax.set_title("train loss")
-    if val_keys:
-        ax2 = fig.add_subplot(1, 2, 2)
-        for k in val_keys:
-            pts = [(r["step"], r[k]) for r in reports if k in r]
-            ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=k)
-        ax2.set_xlabel("step")
-        ax2.set_title("validation")
-        ax2.legend()
+    curves(ax, loss_keys, "loss")
+    if metric_keys:
+        curves(fig.add_subplot(1, 2, 2), metric_keys, "validation metrics")
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp")
     fig.savefig(tmp, format="png", dpi=80)

@@ -60,12 +60,15 @@ def build_shard(number: int, documents: list[list[str]], out_dir: str, max_seq_l
     tok = _tokenizer
     stats = CorpusStats()
     docs = [tokenize_document(d, tok, max_seq_length - 3, stats) for d in documents]
-    docs = [d for d in docs if d]  # documents whose every sentence was empty (already counted)
+    stats.empty_documents += sum(not d for d in docs)  # every sentence empty after tokenization
+    docs = [d for d in docs if d]
     rng = random.Random(f"{seed}/{number}")  # string seeds hash deterministically
     ids: list[int] = []
     offsets, a_end, nxt = [0], [], []
-    for _ in range(dupe_factor):
-        for index in range(len(docs)):
+    # A document's instances stay together (all dupe passes), so holding out the last instances
+    # holds out whole documents (random B segments aside, which come from any document of the shard).
+    for index in range(len(docs)):
+        for _ in range(dupe_factor):
             for inst in document_instances(docs, index, max_seq_length, short_seq_prob, rng):
                 ids += [tok.cls_token_id, *inst.tokens_a, tok.sep_token_id, *inst.tokens_b, tok.sep_token_id]
                 offsets.append(len(ids))

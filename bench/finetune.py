@@ -11,6 +11,8 @@ the same token ids (the tokenizer's parity tests prove them equal), with the sam
 model, seed and recipe (AdamW eps 1e-6, weight decay 0.01, linear warmup 10% and
 decay, clipping at 1.0): once with its default random sampler and once with
 group_by_length. Timings compare train time only (no evaluation, no saving).
+Sequential runs on a shared machine meet different loads, so --step-compare N
+also times N train steps of both models alternating on the same batches.
 Results are appended as JSON lines to --results.
 """
 
@@ -99,17 +101,65 @@ def run_hf_trainer(args, sampling: str, out: Path) -> dict:
             "train_seconds": train_seconds}
 
 
+def step_compare(args, steps: int) -> dict:
+    """Train-step time, bertkit vs transformers, alternating step by step on the same batches.
+
+    Sequential runs on a shared machine see different loads; alternating single
+    steps (forward, backward, clip, AdamW) lets any load hit both alike.
+    """
+    import statistics
+
+    from transformers import BertForSequenceClassification as HFModel
+
+    from bertkit.batching import Batches
+    from bertkit.heads import BertForSequenceClassification
+    from bertkit.tasks.datasets import TASKS
+    from bertkit.tasks.finetune import Prepared, _limit
+    from bertkit.tokenizer import Tokenizer
+
+    task = TASKS["sst2"]
+    data = Prepared(task, _limit(task.examples("train", args.data_dir), args.max_train_examples, args.seed),
+                    Tokenizer.from_pretrained(minilm_dir()), args.max_length)
+    batches = list(Batches(data.features, args.batch_size, shuffle=True, seed=args.seed))[:steps]
+    torch.manual_seed(args.seed)
+    models = {"bertkit": BertForSequenceClassification.from_pretrained(minilm_dir()),
+              "transformers": HFModel.from_pretrained(str(minilm_dir()), num_labels=2)}
+    times: dict[str, list[float]] = {name: [] for name in models}
+    opts = {name: torch.optim.AdamW(m.parameters(), lr=args.lr, eps=1e-6, weight_decay=0.01)
+            for name, m in models.items()}
+    for m in models.values():
+        m.train()
+    for batch in batches:
+        for name, m in models.items():
+            t0 = time.perf_counter()
+            out = m(**batch)
+            loss = out["loss"]
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+            opts[name].step()
+            opts[name].zero_grad(set_to_none=True)
+            times[name].append(time.perf_counter() - t0)
+    tokens = sum(float(b["attention_mask"].sum()) for b in batches)
+    med = {name: statistics.median(t[1:]) for name, t in times.items()}  # the first step warms up
+    total = {name: sum(t) for name, t in times.items()}
+    return {"impl": "step-compare", "steps": len(batches), "batch_size": args.batch_size, "tokens": tokens,
+            "median_step_s": med, "total_s": total, "tokens_per_s": {n: tokens / total[n] for n in total},
+            "bertkit/transformers": total["bertkit"] / total["transformers"]}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", default="rte", help=f"comma-separated, from {', '.join(GOALS)}")
+    p.add_argument("--tasks", default="rte", help=f"comma-separated, from {', '.join(GOALS)} ('' for none)")
     p.add_argument("--hf", action="store_true", help="also train SST-2 with transformers' Trainer (2 samplers)")
     p.add_argument("--hf-first", action="store_true",
                    help="run the Trainer before bertkit (swap the order to see drift in a shared machine's load)")
+    p.add_argument("--step-compare", type=int, default=0, metavar="STEPS",
+                   help="also time STEPS SST-2 train steps, bertkit and transformers alternating")
     p.add_argument("--max-train-examples", type=int, default=None)
     p.add_argument("--max-eval-examples", type=int, default=None)
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--lr", type=float, default=1e-4, help="1e-4: a 6-layer MiniLM wants more than BERT-base's 2e-5")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--bf16", action="store_true")
@@ -147,6 +197,15 @@ def main() -> int:
             print(f"sst2: {r['impl']} accuracy {r['best']:.4f} | train {r['train_seconds']:.1f} s | "
                   f"bertkit/HF train time {ours['train_seconds'] / r['train_seconds']:.2f}x "
                   f"(bertkit accuracy {ours['best']:.4f}, train {ours['train_seconds']:.1f} s)", flush=True)
+    if args.step_compare:
+        r = step_compare(args, args.step_compare)
+        results.append(r)
+        print(f"train step ({r['steps']} SST-2 batches of {r['batch_size']}, alternating): "
+              f"bertkit {r['total_s']['bertkit']:.1f} s ({r['tokens_per_s']['bertkit']:.0f} tokens/s, median "
+              f"{r['median_step_s']['bertkit'] * 1000:.0f} ms) | transformers {r['total_s']['transformers']:.1f} s "
+              f"({r['tokens_per_s']['transformers']:.0f} tokens/s, median "
+              f"{r['median_step_s']['transformers'] * 1000:.0f} ms) | bertkit/transformers "
+              f"{r['bertkit/transformers']:.2f}x", flush=True)
     if args.results:
         with open(args.results, "a") as f:
             for r in results:

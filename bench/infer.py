@@ -9,9 +9,11 @@ matmul peak of this CPU for that dtype, measured first.
 
     flock /tmp/bertkit-bench.lock .venv/bin/python bench/infer.py [--sst2 1000] [--imdb 200]
 
+bf16 runs on --bf16-batches evenly spread batches per data set (emulated on AVX2 CPUs, hence slow).
 Models: all-MiniLM-L6-v2 (real weights) and a randomly initialised
 bert-base-sized model (its texts are cut to a quarter: it is ~8x the work).
-Peak memory is measured in fresh subprocesses (ru_maxrss), one per contender.
+Peak memory is measured in fresh subprocesses (VmHWM), one per contender.
+--accuracy MODEL_DIR instead scores a fine-tuned classifier in each dtype (int8's accuracy cost).
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import resource  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -38,7 +39,7 @@ import torch  # noqa: E402
 from bertkit.batching import collate, length_batches  # noqa: E402
 from bertkit.checkpoint import resolve  # noqa: E402
 from bertkit.config import BertConfig  # noqa: E402
-from bertkit.infer import Embedder, cast_model, pool  # noqa: E402
+from bertkit.infer import DTYPES, Embedder, cast_model, pool  # noqa: E402
 from bertkit.model import BertModel  # noqa: E402
 from bertkit.tokenizer import Tokenizer  # noqa: E402
 
@@ -142,24 +143,35 @@ def memory_child(who: str, model_dir: str, dtype: str, n_sst2: int, n_imdb: int,
     texts = load_texts(n_sst2, n_imdb)
     batches = [b for t in texts.values() if t for b in make_batches(tokenizer, t, batch_size, max_length)]
     if who == "transformers":
-        import transformers
+        from transformers import BertModel as HFBertModel  # the import's memory goes into the baseline
 
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        run = hf_runner(transformers.BertModel.from_pretrained(model_dir).eval(), autocast=dtype == "bf16")
+        base = peak_rss_mb()
+        run = hf_runner(HFBertModel.from_pretrained(model_dir).eval(), autocast=dtype == "bf16")
+        loaded = peak_rss_mb()
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        base = peak_rss_mb()
         run = bertkit_runner(cast_model(BertModel.from_pretrained(model_dir), dtype))
+        loaded = peak_rss_mb()
     with torch.inference_mode():
         for b in batches:
             run(b)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"base_mb": base / 1024, "peak_mb": peak / 1024, "model_and_run_mb": (peak - base) / 1024}))
+    peak = peak_rss_mb()
+    print(json.dumps({"base_mb": base, "peak_mb": peak, "model_and_run_mb": peak - base, "load_mb": loaded - base}))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM). Not ru_maxrss: Linux carries that over
+    from the parent across fork + exec, so a child of this big process would inherit its peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def measure_memory(who: str, model_dir: str, dtype: str, args) -> dict:
-    # Two full batches of long reviews reach the peak; the short SST-2 batches never exceed it.
+    # One full batch of long reviews reaches the peak; the short SST-2 batches never exceed it.
     cmd = [sys.executable, __file__, "--memory-child", who, "--model-dir", model_dir, "--dtype", dtype,
-           "--sst2", "0", "--imdb", str(2 * args.batch_size), "--batch-size", str(args.batch_size),
+           "--sst2", "0", "--imdb", str(args.batch_size), "--batch-size", str(args.batch_size),
            "--max-length", str(args.max_length)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -167,7 +179,8 @@ def measure_memory(who: str, model_dir: str, dtype: str, args) -> dict:
 
 # ---------------------------------------------------------------- the benchmark
 
-def bench_model(label: str, model_dir: str, texts: dict[str, list[str]], pk: dict, args, report: list) -> None:
+def bench_model(label: str, model_dir: str, texts: dict[str, list[str]], pk: dict, args, report: list,
+                cut: int) -> None:
     import transformers
 
     tokenizer = Tokenizer.from_pretrained(model_dir)
@@ -195,8 +208,9 @@ def bench_model(label: str, model_dir: str, texts: dict[str, list[str]], pk: dic
         for mode, contenders in modes.items():
             if mode not in args.modes:
                 continue
-            if mode == "bf16" and args.bf16_batches:
-                run_batches = batches[:: max(1, len(batches) // args.bf16_batches)]
+            if mode == "bf16" and args.bf16_batches:  # Base gets a quarter of them too
+                keep = max(1, args.bf16_batches // cut)
+                run_batches = batches[:: max(1, -(-len(batches) // keep))]
             else:
                 run_batches = batches
             run_lengths = [int(n) for b in run_batches for n in b["attention_mask"].sum(1)]
@@ -245,6 +259,22 @@ def bench_end_to_end(label: str, model_dir: str, texts: list[str], args, report:
                        "seconds": s, "tok_s": real / s, "ratio": seconds[ref] / s, "vs": ref})
 
 
+def accuracy(model_dir: str) -> None:
+    """fp32 vs int8 vs bf16 on a fine-tuned classifier's dev set (the task it was trained on)."""
+    from bertkit.tasks.finetune import Prepared, _task_of, load_finetuned
+
+    model, tokenizer, _ = load_finetuned(model_dir)
+    task = _task_of(model, None)
+    data = Prepared(task, list(task.examples("dev", DATA)), tokenizer, None)
+    preds = {}
+    for dtype in DTYPES:
+        with torch.inference_mode():
+            outs, _ = data.outputs(cast_model(model, dtype), 64)
+        preds[dtype] = data.predictions(outs)
+        agree = np.mean([a == b for a, b in zip(preds[dtype], preds["fp32"])])
+        print(f"{task.name} dev, {dtype}: {data.scores(preds[dtype])}  (predictions equal to fp32: {100 * agree:.2f}%)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sst2", type=int, default=1000, help="SST-2 train sentences (MiniLM; Base gets a quarter)")
@@ -258,11 +288,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--accuracy", default=None, metavar="MODEL_DIR",
+                    help="only score a fine-tuned classifier on its dev set in fp32, int8 and bf16")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--dtype", default="fp32", help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.accuracy:
+        accuracy(args.accuracy)
+        return
     if args.memory_child:
         memory_child(args.memory_child, args.model_dir, args.dtype, args.sst2, args.imdb, args.batch_size,
                      args.max_length)
@@ -283,15 +318,16 @@ def main() -> None:
             dirs["base"] = ("bert-base (random init)", tmp, 4)
         for key, (label, model_dir, cut) in dirs.items():
             texts = load_texts(args.sst2 // cut, args.imdb // cut)
-            bench_model(label, model_dir, texts, pk, args, report)
+            bench_model(label, model_dir, texts, pk, args, report, cut)
             bench_end_to_end(label, model_dir, [t for v in texts.values() for t in v], args, report)
             if not args.no_memory:
-                print(f"### peak memory, {label}: 2 batches of {args.batch_size} IMDB reviews at {args.max_length} tokens, "
+                print(f"### peak memory, {label}: one batch of {args.batch_size} IMDB reviews at {args.max_length} tokens, "
                       "a fresh process each; MB above the RSS after imports + data")
                 for who, dtype in (("transformers", "fp32"), ("bertkit", "fp32"), ("bertkit", "bf16"),
                                    ("bertkit", "int8")):
                     m = measure_memory(who, model_dir, dtype, args)
-                    print(f"  {who:12} {dtype}: {m['model_and_run_mb']:7.0f} MB (peak RSS {m['peak_mb']:.0f} MB)",
+                    print(f"  {who:12} {dtype}: {m['model_and_run_mb']:7.0f} MB (of which loading {m['load_mb']:.0f} MB; "
+                          f"peak RSS {m['peak_mb']:.0f} MB)",
                           flush=True)
                     report.append({"model": label, "mode": "memory", "who": f"{who} {dtype}", **m})
     if args.json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from bertkit.tasks import readers
 from bertkit.tasks.datasets import NER_TAGS, TASKS
@@ -362,3 +363,24 @@ def test_predict_and_cli_on_the_fine_tuned_model(sst2_model, capsys, tmp_path):
     # A user's own labelled file, scored with the model's label names.
     dev = _write(tmp_path, "mine.tsv", "text\tlabel\na gorgeous , witty movie .\tpositive\nboilerplate .\tnegative\n")
     assert evaluate(out, "custom", dev_file=dev)["accuracy"] == 1.0
+
+
+def test_freeze_encoder_trains_only_the_head(minilm, tmp_path):
+    from safetensors.torch import load_file
+
+    from bertkit.tasks.finetune import finetune
+
+    data_path("glue", "SST-2")
+    finetune("sst2", minilm, tmp_path, epochs=1, lr=1e-3, batch_size=8, max_train_examples=16,
+             max_eval_examples=8, max_length=32, freeze_encoder=True, data_dir=DATA_DIR, progress=False)
+    before, after = load_file(minilm / "model.safetensors"), load_file(tmp_path / "best" / "model.safetensors")
+    compared = 0
+    for name, tensor in before.items():
+        hf_name = name if name.startswith("bert.") else f"bert.{name}"
+        if hf_name in after:
+            assert torch.equal(after[hf_name], tensor), name
+            compared += 1
+    assert compared >= 100  # every encoder weight (MiniLM has 103 tensors with the pooler)
+    assert after["classifier.weight"].shape == (2, 384)
+    config = json.loads((tmp_path / "best" / "config.json").read_text())
+    assert config["hidden_dropout_prob"] == 0.0 and config["classifier_dropout"] == 0.1

@@ -228,8 +228,33 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the whole BERT story on a built-in default: data, tokenization, contextual "
+                       "vectors, sentiment fine-tuning, tiny pre-training, report.md")
+    p.add_argument("--work-dir", default="runs/demo", help="everything goes here; a re-run reuses what is cached")
+    p.add_argument("--steps", default=None, help="comma-separated subset of: data,tokens,bat,finetune,pretrain,report")
+    p.add_argument("--fast", action="store_true", help="a small budget (256 train snippets, 1 epoch, 10 "
+                   "pre-training steps): every step in a minute or two")
+    p.add_argument("--model", default=None, help="checkpoint to fine-tune (default all-MiniLM-L6-v2)")
+    p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default 1)")
+    p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default 5e-5)")
+    p.add_argument("--max-train-examples", type=int, default=None, help="a fixed random subset of the train split")
+    p.add_argument("--pretrain-steps", type=int, default=None)
+
+    def run(a):
+        from bertkit.demo import STEPS, DemoConfig, run_demo
+
+        given = {k: v for k, v in dict(work_dir=a.work_dir, model=a.model, epochs=a.epochs, lr=a.lr,
+                                        max_train_examples=a.max_train_examples,
+                                        pretrain_steps=a.pretrain_steps).items() if v is not None}
+        cfg = DemoConfig.fast(**given) if a.fast else DemoConfig(**given)
+        run_demo(cfg, tuple(s.strip() for s in a.steps.split(",")) if a.steps else STEPS)
+
+    p.set_defaults(func=run)
+
+
 # Registered in the order `bertkit --help` lists them.
-SUBCOMMANDS = [_add_tokenize, _add_vocab, _add_prepare, _add_pretrain, _add_finetune, _add_evaluate, _add_predict, _add_embed]
+SUBCOMMANDS = [_add_tokenize, _add_vocab, _add_prepare, _add_pretrain, _add_finetune, _add_evaluate, _add_predict, _add_embed, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

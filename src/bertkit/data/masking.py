@@ -83,7 +83,7 @@ class MaskedBatches:
                  seed: int = 0, shuffle: bool = True):
         self.data, self.indices, self.batch_size, self.masker = data, indices, batch_size, masker
         self.seed, self.shuffle = seed, shuffle
-        self.lengths = [data.length(i) for i in indices]
+        self.lengths = data.lengths()[indices].tolist()
         self.epoch = -1
         self.set_epoch(0)
 

@@ -218,8 +218,9 @@ class PretrainingData:
         off = self.shards[s]["offsets"]
         return int(off[j + 1] - off[j])
 
-    def lengths(self) -> list[int]:
-        return [int(n) for s in self.shards for n in np.diff(s["offsets"])]
+    def lengths(self) -> np.ndarray:
+        """Token count of every instance, [len(self)]."""
+        return np.concatenate([np.diff(s["offsets"]) for s in self.shards])
 
     def _locate(self, i: int) -> tuple[int, int]:
         if not 0 <= i < len(self):

@@ -211,6 +211,10 @@ def finetune(task: str | Task | None, model: str | Path, out_dir: str | Path, *,
     elif t.labels is not None:
         overrides = dict(id2label=dict(enumerate(t.labels)), label2id={n: i for i, n in enumerate(t.labels)})
     config = BertConfig.from_json(model_dir / "config.json")
+    if freeze_encoder:  # fixed features: no dropout inside the frozen encoder, the head keeps its own
+        overrides.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                         classifier_dropout=config.classifier_dropout if config.classifier_dropout is not None
+                         else config.hidden_dropout_prob)
     config = config.replace(**overrides, extra={**config.extra, "finetuning_task": t.name})
     torch.manual_seed(seed)  # the new head's initial weights
     net = head.from_pretrained(model_dir, config=config)

@@ -76,6 +76,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", default="imdb,sst2,squad,conll,rte+mrpc pairs")
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--imdb-reviews", type=int, default=None, help="only the first N IMDB reviews (default: all)")
     ap.add_argument("--python-reviews", type=int, default=1000,
                     help="IMDB reviews for the (slow) pure-Python reference")
     args = ap.parse_args()
@@ -96,6 +97,7 @@ def main() -> int:
         return BertWordPieceTokenizer(vocab, lowercase=True)
 
     sets = load_sets()
+    sets["imdb"] = sets["imdb"][: args.imdb_reviews]
     print(f"python {sys.version.split()[0]}, best of {args.repeat}, bertkit cold (fresh Tokenizer each run)")
     print(f"{'set':16} {'texts':>7} {'MB':>7} | {'bertkit MB/s':>12} {'lines/s':>9} | {'rust MB/s':>9} "
           f"{'lines/s':>9} {'+to-py MB/s':>11} | {'ratio':>6} {'ratio*':>6} | parity")

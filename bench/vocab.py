@@ -48,7 +48,7 @@ def evaluate(vocab_dir: Path, texts: list[str]) -> dict[str, float]:
         # A word's first piece is bare and the rest start with "##".
         starts = [not p.startswith("##") for p in pieces] + [True]
         whole += sum(s and nxt and p != "[UNK]" for p, s, nxt in zip(pieces, starts, starts[1:]))
-    return {"vocab": len(tok), "tokens_per_word": tokens / words, "unk_per_word": unks / words,
+    return {"vocab": len(tok), "tokens_per_word": tokens / words, "unk_per_word": unks / words, "unks": unks,
             "whole_words": whole / words, "words": words}
 
 
@@ -99,11 +99,11 @@ def main() -> None:
 
     test = list(read_texts(IMDB / "test.jsonl"))[: args.test_texts]
     print(f"\nIMDB test, {len(test)} reviews, all tokenized by bertkit's tokenizer:")
-    print(f"{'vocabulary':<22}{'size':>7}{'tokens/word':>13}{'[UNK]/word':>12}{'whole words':>13}")
+    print(f"{'vocabulary':<22}{'size':>7}{'tokens/word':>13}{'[UNK]s':>8}{'[UNK]/word':>12}{'whole words':>13}")
     results = {}
     for name in ("bertkit-likelihood", "bertkit-ratio", "hf"):
         r = results[name] = evaluate(out / name, test)
-        print(f"{name:<22}{r['vocab']:>7}{r['tokens_per_word']:>13.4f}{r['unk_per_word']:>12.5f}"
+        print(f"{name:<22}{r['vocab']:>7}{r['tokens_per_word']:>13.4f}{r['unks']:>8}{r['unk_per_word']:>12.2e}"
               f"{r['whole_words']:>13.4f}")
     ours, ref = results["bertkit-likelihood"], results["hf"]
     print(f"tokens/word ratio bertkit(likelihood) / HF: {ours['tokens_per_word'] / ref['tokens_per_word']:.4f}")

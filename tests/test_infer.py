@@ -113,7 +113,7 @@ def test_low_precision_close_to_fp32(embedder, texts, fp32, dtype, min_cosine):
     got = low([texts[i] for i in sst2], batch_size=8)
     assert got.dtype == np.float32
     c = cosine(got, fp32[sst2])
-    assert c.mean() >= min_cosine and c.min() >= 0.95, (dtype, c.mean(), c.min())
+    assert c.mean() >= min_cosine and c.min() >= 0.93, (dtype, c.mean(), c.min())
     assert not np.array_equal(got, fp32)  # it really ran in another precision
     assert next(embedder.model.parameters()).dtype == torch.float32  # the fp32 model is untouched
 

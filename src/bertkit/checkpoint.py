@@ -210,7 +210,10 @@ class PretrainedMixin:
         config = config or BertConfig.from_json(model_dir / "config.json")
         if overrides:
             config = config.replace(**overrides)
-        model = cls(config)
+        # Built on the meta device, the model holds no memory until the file's
+        # tensors are assigned in: peak memory is one copy of the weights, not two.
+        with torch.device("meta"):
+            model = cls(config)
         load_state(model, read_weights(model_dir), str(model_dir))
         model.source_dir = model_dir
         return model.eval()
@@ -256,7 +259,7 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
         if tensor.shape != own[name].shape:
             raise ValueError(f"{source}: weight {origin[key]!r} has shape {tuple(tensor.shape)}, "
                              f"{type(model).__name__} expects {tuple(own[name].shape)}")
-        loaded[name] = tensor
+        loaded[name] = tensor.to(own[name].dtype)
     missing = [name for name in own if name not in loaded]
     # Head weights and the pooler may be new (initialised); the encoder's may not.
     fresh = [n for n in missing if n.startswith(prefix + "pooler.") or (prefix and not n.startswith(prefix))]
@@ -264,13 +267,27 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
     if hard:
         raise ValueError(f"{source}: missing weight(s) for {type(model).__name__}: {', '.join(hard[:5])}"
                          + (f" and {len(hard) - 5} more" if len(hard) > 5 else ""))
-    model.load_state_dict(loaded, strict=False)
+    model.load_state_dict(loaded, strict=False, assign=any(t.is_meta for t in own.values()))
+    _initialise_meta(model)
     if fresh:
         log.warning("%s: newly initialised (not in %s), train before use: %s",
                     type(model).__name__, source, ", ".join(fresh))
     if ignored:
         log.info("%s: ignored %d checkpoint weights of other heads: %s",
                  type(model).__name__, len(ignored), ", ".join(ignored))
+
+
+def _initialise_meta(model: torch.nn.Module) -> None:
+    """Give real memory and BERT's initialisation to what a meta-built model did not load."""
+    from bertkit.model import init_weights  # model.py imports this module
+
+    for module in model.modules():
+        if any(p.is_meta for p in module.parameters(recurse=False)):
+            module.to_empty(device="cpu", recurse=False)
+            with torch.no_grad():
+                for p in module.parameters(recurse=False):
+                    p.zero_()  # biases of custom modules (the MLM head's) start at zero
+            init_weights(module, model.config.initializer_range)
 
 
 def _atomic_write(path: Path, write) -> None:

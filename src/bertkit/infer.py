@@ -14,8 +14,11 @@ vectors weighted by each window's token count, so the whole text counts.
 dtypes:
   fp32  the reference.
   bf16  a bf16 copy of the weights (activations bf16 too; pooling in fp32).
-        Casting the weights once beats torch.autocast, which re-casts every
-        weight at every matmul (bench/infer.py measures both).
+        Casting the weights once is as fast as torch.autocast on long texts
+        and faster on short ones, where autocast's re-cast of every weight at
+        every matmul dominates; same quality (bench/infer.py measures both).
+        Only worth it on CPUs with bf16 units (AVX512-BF16/AMX): on AVX2 bf16
+        is emulated and several times slower than fp32.
   int8  torch's dynamic quantization of every nn.Linear: int8 weights
         (per output channel), activations quantized per batch at run time;
         embeddings, LayerNorm and attention's softmax stay fp32.

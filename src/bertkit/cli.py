@@ -17,7 +17,7 @@ class UserError(Exception):
 
 def _add_tokenize(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tokenize", help="tokenize texts (one per line, or tab-separated pairs) to JSON lines")
-    p.add_argument("--vocab", required=True, help="directory with vocab.txt (and tokenizer_config.json), or a vocab.txt file")
+    p.add_argument("--vocab", required=True, help="directory with vocab.txt (and tokenizer_config.json), a vocab.txt file, or an installed model name")
     p.add_argument("--input", default="-", help="input file, '-' for stdin")
     p.add_argument("--output", default="-", help="output file, '-' for stdout")
     p.add_argument("--max-length", type=int, default=None)

@@ -216,6 +216,7 @@ def finetune_sentiment(cfg: DemoConfig, files: dict[str, Path], out_dir: Path) -
         if done.get("settings") == settings:
             print(f"reusing the fine-tuned model in {out_dir / 'best'} (delete {cache} to train again)")
             return done
+    t0 = time.perf_counter()
     columns = dict(text_column="sentence", label_column="label")
     summary = finetune(None, cfg.model, out_dir, train_file=files["train"], dev_file=files["validation"],
                        epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, max_length=cfg.max_length,
@@ -234,7 +235,7 @@ def finetune_sentiment(cfg: DemoConfig, files: dict[str, Path], out_dir: Path) -
         predictions.append({"text": text, "label": label, "score": p["score"]})
         print(f"{label:>8} {p['score']:.3f}  {text}")
     done = {"settings": settings, "summary": summary, "test": test, "predictions": predictions,
-            "model_dir": str(best)}
+            "model_dir": str(best), "seconds": time.perf_counter() - t0}
     tmp = cache.with_name(f".{cache.name}.tmp")
     tmp.write_text(json.dumps(done, indent=2) + "\n")
     os.replace(tmp, cache)
@@ -275,6 +276,7 @@ def pretrain_tiny(cfg: DemoConfig, train_file: Path, out_dir: Path) -> dict:
         if done.get("settings") == run:
             print(f"reusing the pre-training run in {out_dir / 'run'} (delete {cache} to train again)")
             return done
+    t0 = time.perf_counter()
     shards = out_dir / "shards"
     meta_file, prep_file = shards / "meta.json", shards / "demo-prepare.json"
     if meta_file.is_file() and prep_file.is_file() and json.loads(prep_file.read_text()) == prep:
@@ -303,7 +305,8 @@ def pretrain_tiny(cfg: DemoConfig, train_file: Path, out_dir: Path) -> dict:
             "next_instances": meta["stats"]["next_instances"], "documents": meta["stats"]["documents"],
             "first_loss": {"step": logs[0]["step"], "loss": logs[0]["loss"]},
             "last_loss": {"step": logs[-1]["step"], "loss": logs[-1]["loss"]},
-            "evals": evals, "train_seconds": logs[-1]["elapsed"], "out_dir": str(out_dir / "run")}
+            "evals": evals, "train_seconds": logs[-1]["elapsed"], "out_dir": str(out_dir / "run"),
+            "seconds": time.perf_counter() - t0}
     print(f"pre-training loss (MLM + NSP): {done['first_loss']['loss']:.3f} (mean of steps 1-{logs[0]['step']}) "
           f"-> {done['last_loss']['loss']:.3f} (at step {logs[-1]['step']}); random guessing is "
           f"ln({meta['vocab_size']}) + ln 2 = {_chance_loss(meta['vocab_size']):.2f}")
@@ -352,7 +355,7 @@ def write_report(results: dict, work_dir: Path) -> Path:
         f = r["finetune"]
         s, st = f["summary"], f["settings"]
         lines += ["## Fine-tuning for sentiment", "",
-                  f"`{st['model']}` + a classification head on [CLS], {s['train_examples']:,} train snippets, "
+                  f"`{st['model']}` + a classification head on the pooled [CLS] vector, {s['train_examples']:,} train snippets, "
                   f"{st['epochs']} epoch(s), AdamW lr {st['lr']:g} (eps 1e-6, weight decay 0.01), 10% warmup "
                   f"then linear decay, gradient clipping 1.0, batch {st['batch_size']}, max length "
                   f"{st['max_length']}. The best epoch on validation is kept.", "",
@@ -372,9 +375,11 @@ def write_report(results: dict, work_dir: Path) -> Path:
                   f"BERT `{st['model']}` preset from random weights. The snippets are single sentences, so "
                   f"every {st['snippets_per_document']} consecutive train snippets form one pseudo-document "
                   f"({p['documents']:,} documents): IsNext pairs are neighbouring snippets, which in this file share "
-                  "their polarity but not their movie, so NSP has only weak cues to learn. "
+                  "their polarity but not their movie, so NSP has little to learn (compare its accuracy below with "
+                  "the NotNext share). "
                   f"{p['instances']:,} instances of up to {st['max_seq_length']} tokens (dupe factor "
-                  f"{st['dupe_factor']}, {p['next_instances']:,} IsNext), {p['eval_instances']} held out; "
+                  f"{st['dupe_factor']}, {p['next_instances']:,} IsNext: always answering NotNext scores "
+                  f"{1 - p['next_instances'] / p['instances']:.3f}), {p['eval_instances']} held out; "
                   f"{st['steps']} steps of batch {st['batch_size']}, lr {st['lr']:g}, "
                   f"{p['train_seconds']:.0f} s.", "",
                   f"**Train loss (MLM + NSP): {p['first_loss']['loss']:.3f} (steps 1-{p['first_loss']['step']}) -> "
@@ -383,9 +388,12 @@ def write_report(results: dict, work_dir: Path) -> Path:
         lines += [f"| {e['step']} | {e['val_mlm_loss']:.3f} | {e['val_mlm_accuracy']:.3f} | {e['val_nsp_loss']:.3f} | "
                   f"{e['val_nsp_accuracy']:.3f} |" for e in p["evals"]]
         lines += ["", f"![pre-training curves]({_rel(Path(p['out_dir']) / 'curves.png', work_dir)})", ""]
-    if "times" in r:
-        lines += ["## Time", "", "| step | seconds |", "|---|---:|"]
-        lines += [f"| {k} | {v:.1f} |" for k, v in r["times"].items()] + [""]
+    timed = [(step, r[step]["seconds"]) for step in STEPS if "seconds" in (r.get(step) or {})]
+    if timed:
+        lines += ["## Time", "", "Seconds each step took when it last did its work (a re-run reuses cached "
+                  "results); 2 CPU threads.", "", "| step | seconds |", "|---|---:|"]
+        lines += [f"| {k} | {v:.1f} |" for k, v in timed]
+        lines += [f"| **all steps** | **{sum(v for _, v in timed):.1f}** |", ""]
     lines += ["## The same steps as commands", "",
               "One step of this run: `bertkit demo --steps STEP` (data, tokens, bat, finetune, pretrain, report). "
               "With the general commands:", "", "```", *_commands(r, work_dir), "```", ""]
@@ -448,7 +456,7 @@ def run_demo(cfg: DemoConfig | None = None, steps: tuple[str, ...] = STEPS) -> d
         print(", ".join(f"{s} {n:,}" for s, n in counts.items()) + f" snippets in {work / 'data'}")
         return {"counts": counts}
 
-    actions: dict[str, tuple[str, Callable[[], dict | None]]] = {
+    actions: dict[str, tuple[str, Callable[[], dict]]] = {
         "data": ("movie-review snippets -> train/validation/test", data),
         "tokens": ("WordPiece tokenization", lambda: show_tokenization(cfg.model)),
         "bat": ("contextual vectors: the same word, different meanings", lambda: contextual_bat(cfg.model)),
@@ -456,25 +464,21 @@ def run_demo(cfg: DemoConfig | None = None, steps: tuple[str, ...] = STEPS) -> d
                      lambda: finetune_sentiment(cfg, files, work / "finetune")),
         "pretrain": (f"pre-train a {cfg.pretrain_model} BERT from scratch (MLM + NSP)",
                      lambda: pretrain_tiny(cfg, files["train"], work / "pretrain")),
-        "report": ("report", lambda: None),
+        "report": ("report.md with the numbers and the training curves", lambda: None),
     }
     if any(s in steps for s in ("finetune", "pretrain")) and not all(p.is_file() for p in files.values()):
         steps = tuple(s for s in STEPS if s == "data" or s in steps)  # they need the data
     t_all = time.perf_counter()
-    times = dict((results.get("times") or {}))
     for n, step in enumerate(steps, 1):
         title, action = actions[step]
         print(f"\n== [{n}/{len(steps)}] {step}: {title}", flush=True)
         t0 = time.perf_counter()
         if step == "report":
-            results.put("times", times)
             print(f"wrote {write_report(results.data, work)}")
         else:
-            results.put(step, action())
-        times[step] = time.perf_counter() - t0
+            result = action()
+            result.setdefault("seconds", time.perf_counter() - t0)  # the long steps time themselves (cache)
+            results.put(step, result)
     total = time.perf_counter() - t_all
-    results.put("times", {**times, "total (this run)": total})
-    if "report" in steps:
-        write_report(results.data, work)  # with the final times
     print(f"\ndemo done in {total:.1f} s ({total / 60:.1f} min); report: {work / 'report.md'}")
     return results.data

@@ -352,9 +352,16 @@ class Tokenizer:
     def from_pretrained(cls, path: str | os.PathLike, **overrides) -> Tokenizer:
         """Load from a directory with vocab.txt (and tokenizer_config.json), or from a vocab.txt path.
 
-        Keyword overrides (do_lower_case=..., ...) win over tokenizer_config.json.
+        A name that is no path (e.g. "sentence-transformers/all-MiniLM-L6-v2") is
+        resolved like a model name: an installed model package or the offline
+        Hugging Face cache. Keyword overrides (do_lower_case=...) win over
+        tokenizer_config.json.
         """
         path = Path(path)
+        if not path.exists():
+            from bertkit.checkpoint import resolve  # lazy: the tokenizer needs no model otherwise
+
+            path = resolve(path)
         vocab_file = path / "vocab.txt" if path.is_dir() else path
         if not vocab_file.is_file():
             raise FileNotFoundError(f"no vocabulary file at {vocab_file}")

@@ -20,10 +20,6 @@ from __future__ import annotations
 
 import sys
 
-# bench/tokenize.py (the tokenizer benchmark) would shadow the standard library's
-# tokenize module, which linecache and transformers import: drop bench/ from the path.
-sys.path[:] = [p for p in sys.path if p != sys.path[0] or not p.endswith("bench")]
-
 import argparse
 import json
 import os

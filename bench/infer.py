@@ -21,9 +21,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# bench/tokenize.py would shadow the standard library's tokenize module.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402

@@ -13,10 +13,6 @@ so that machine load hits both alike, in fp32 and in bf16 autocast. tokens/s cou
 
 from __future__ import annotations
 
-import sys
-
-# bench/tokenize.py would shadow the standard library's tokenize module: drop bench/ from the path.
-sys.path[:] = [p for p in sys.path if p != sys.path[0] or not p.endswith("bench")]
 
 import argparse
 import contextlib

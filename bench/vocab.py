@@ -14,10 +14,6 @@ tokens per word, the [UNK] rate and the share of words kept whole.
 
 from __future__ import annotations
 
-import sys
-
-# bench/tokenize.py would shadow the standard library's tokenize module: drop bench/ from the path.
-sys.path[:] = [p for p in sys.path if p != sys.path[0] or not p.endswith("bench")]
 
 import argparse
 import json

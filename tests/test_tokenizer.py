@@ -133,7 +133,7 @@ def test_single_texts_match_rust(tok, vocab_file, name):
         questions, contexts = squad_texts()
         texts = questions + contexts
     else:
-        # One IMDB review in 25 here; bench/tokenize.py checks all 50,000 every run.
+        # One IMDB review in 25 here; bench/tokenizer.py checks all 50,000 every run.
         texts = {"sst2": sst2_texts, "conll": conll_sentences, "imdb_sample": lambda: imdb_texts(25)}[name]()
     ours = Tokenizer.from_pretrained(vocab_file)  # fresh: the cold path is exercised too
     assert_same([ours.encode(t, truncation=False) for t in texts], rust(vocab_file).encode_batch(texts), texts)

@@ -5,7 +5,7 @@ text, so this is also the full-coverage parity check (all 50,000 IMDB reviews).
 Every bertkit run starts COLD: a fresh Tokenizer with empty caches. Each
 contender runs `--repeat` times; the best time counts (other jobs share the CPU).
 
-    flock /tmp/bertkit-bench.lock .venv/bin/python bench/tokenize.py [--sets imdb,sst2] [--repeat 2]
+    flock /tmp/bertkit-bench.lock .venv/bin/python bench/tokenizer.py [--sets imdb,sst2] [--repeat 2]
 
 The Rust library runs encode_batch on all cores (2 here); bertkit uses one.
 """
@@ -14,10 +14,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-
-# This file's name shadows the standard library's `tokenize` (transformers and
-# linecache import it) when run as a script: take its folder off the import path.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse  # noqa: E402
 import csv  # noqa: E402

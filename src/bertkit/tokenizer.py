@@ -38,9 +38,12 @@ import re
 import sys
 import unicodedata
 from dataclasses import dataclass, field
-from itertools import accumulate, chain, compress
+from array import array
+from itertools import accumulate, chain, repeat
 from pathlib import Path
 from typing import Iterable, Sequence
+
+import numpy as np
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
@@ -307,9 +310,9 @@ def _truncate(a: _Pieces, b: _Pieces | None, max_len: int, strategy: str, stride
 # --- the tokenizer -------------------------------------------------------------
 
 @functools.lru_cache(maxsize=256)
-def _marks(n_tokens: int) -> tuple[int, ...]:
+def _marks(n_tokens: int) -> bytes:
     """A chunk's marks (see Tokenizer._encode_chunk), shared between chunks to save memory."""
-    return (1,) * (2 * n_tokens) + (0,)
+    return b"\x01" * (2 * n_tokens) + b"\x00"
 
 
 _TRUNCATION = {True: "longest_first", "longest_first": "longest_first", "only_first": "only_first",
@@ -439,6 +442,8 @@ class Tokenizer:
         consecutive chunks (itertools.accumulate) gives every position in one
         C-level pass; `marks` is 1 for the sums that are token starts or ends.
         """
+        if chunk.isascii() and chunk.isprintable():
+            return self._encode_ascii_chunk(chunk.lower() if self.do_lower_case else chunk)
         ids, steps = [], []
         at = 0
         for word, origin in self.basic.words(chunk):
@@ -448,7 +453,34 @@ class Tokenizer:
                 steps += (start - at, end - start)
                 at = end
         steps.append(len(chunk) + 1 - at)
-        return tuple(ids), tuple(steps), _marks(len(ids))
+        return tuple(ids), array("i", steps).tobytes(), _marks(len(ids))
+
+    def _encode_ascii_chunk(self, chunk: str) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """_encode_chunk for printable ASCII without spaces, already lowercased when uncased.
+
+        The fast path for first-seen chunks, which dominate a cold start: such a
+        chunk needs no normalization, its words (letters and digits, or one
+        punctuation character) tile it one character for one, and most words
+        are whole vocabulary entries, which greedy WordPiece would find first.
+        """
+        words = _ASCII_WORD.findall(chunk)
+        ids = list(map(self.vocab.get, words))
+        if None not in ids and self._max_piece <= MAX_CHARS_PER_WORD:
+            # Every word is a vocabulary entry, one token spanning the word; the
+            # words tile the chunk, so each token starts where the previous ended.
+            steps = array("i", chain.from_iterable(zip(repeat(0), map(len, words))))
+            steps.append(1)
+            return tuple(ids), steps.tobytes(), _marks(len(ids))
+        ids, steps = [], []
+        at = pos = 0  # end of the last token; start of the current word
+        for word in words:
+            for i, s, e in self._wordpiece(word):
+                ids.append(i)
+                steps += (pos + s - at, e - s)
+                at = pos + e
+            pos += len(word)
+        steps.append(pos + 1 - at)
+        return tuple(ids), array("i", steps).tobytes(), _marks(len(ids))
 
     def _encode_text(self, text: str, with_offsets: bool = True) -> tuple[list[int], list[tuple[int, int]] | None]:
         """Ids (and spans into `text`) of one sequence, no [CLS]/[SEP] added."""
@@ -481,8 +513,8 @@ class Tokenizer:
         chunk_ids, steps, marks = zip(*hits)  # str.split gives at least one chunk
         ids += chain.from_iterable(chunk_ids)
         if offsets is not None:
-            walk = accumulate(chain.from_iterable(steps), initial=base)
-            positions = compress(walk, chain((0,), chain.from_iterable(marks)))
+            walk = np.frombuffer(b"".join(steps), np.int32).cumsum()
+            positions = iter((walk[np.frombuffer(b"".join(marks), np.bool_)] + base).tolist())
             offsets += zip(positions, positions)  # one iterator twice: consecutive (start, end) pairs
 
     def _remember(self, chunk: str) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:

@@ -215,7 +215,9 @@ def finetune(task: str | Task | None, model: str | Path, out_dir: str | Path, *,
         overrides.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                          classifier_dropout=config.classifier_dropout if config.classifier_dropout is not None
                          else config.hidden_dropout_prob)
-    config = config.replace(**overrides, extra={**config.extra, "finetuning_task": t.name})
+    # The task and input length travel with the model, so evaluate/predict see what training saw.
+    config = config.replace(**overrides, extra={**config.extra, "finetuning_task": t.name,
+                                                "finetuning_max_length": max_length or t.max_length})
     torch.manual_seed(seed)  # the new head's initial weights
     net = head.from_pretrained(model_dir, config=config)
     if freeze_encoder:
@@ -279,6 +281,7 @@ def evaluate(model_dir: str | Path, task: str | Task | None = None, *, split: st
     """Score a fine-tuned model on a task's split (task defaults to the one it was trained on)."""
     model, tokenizer, _ = load_finetuned(model_dir)
     t = _task_of(model, task, **custom)
+    max_length = max_length or model.config.extra.get("finetuning_max_length")
     data = Prepared(t, _limit(t.examples(split, data_dir), max_examples, seed), tokenizer, max_length)
     return data.evaluate(model, batch_size)
 
@@ -293,7 +296,7 @@ def predict(model_dir: str | Path, inputs: Sequence[str | tuple[str, str]], *, b
     kind = kind or ("regression" if config.problem_type == "regression" or config.num_labels == 1 else "classification")
     labels = None if kind in ("regression", "qa") else tuple(config.id2label[i] for i in range(config.num_labels))
     t = Task("predict", kind, "", {}, lambda path, split: [], labels=labels,
-             max_length=384 if kind == "qa" else 128)
+             max_length=config.extra.get("finetuning_max_length") or (384 if kind == "qa" else 128))
     pairs = [x if isinstance(x, tuple) else (x, None) for x in inputs]
     if kind == "qa":
         if any(p[1] is None for p in pairs):

@@ -409,3 +409,20 @@ def test_cli_tokenize(minilm, tmp_path):
     run = subprocess.run([sys.executable, "-m", "bertkit.cli", "tokenize", "--vocab", str(minilm),
                           "--input", str(bad)], capture_output=True, text=True)
     assert run.returncode == 2 and "line 1" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_encode_batch_restores_the_garbage_collector_state(tok):
+    import gc
+
+    assert gc.isenabled()
+    tok.encode_batch(["a first text", "and a second"])
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        tok.encode_batch(["still paused afterwards"])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    with pytest.raises(Exception):
+        tok.encode_batch([None])  # a bad item fails inside the paused region
+    assert gc.isenabled()

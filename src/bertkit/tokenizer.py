@@ -31,19 +31,19 @@ both give the reference's output.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import json
 import os
 import re
 import sys
 import unicodedata
 from dataclasses import dataclass, field
-from array import array
-from itertools import accumulate, chain, repeat
+from itertools import accumulate, chain, compress, repeat
+from operator import is_
 from pathlib import Path
-from typing import Iterable, Sequence
-
-import numpy as np
+from typing import Iterable, Iterator, Sequence
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
@@ -310,9 +310,27 @@ def _truncate(a: _Pieces, b: _Pieces | None, max_len: int, strategy: str, stride
 # --- the tokenizer -------------------------------------------------------------
 
 @functools.lru_cache(maxsize=256)
-def _marks(n_tokens: int) -> bytes:
+def _marks(n_tokens: int) -> tuple[int, ...]:
     """A chunk's marks (see Tokenizer._encode_chunk), shared between chunks to save memory."""
-    return b"\x01" * (2 * n_tokens) + b"\x00"
+    return (1,) * (2 * n_tokens) + (0,)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a batch is encoded.
+
+    A batch allocates millions of (start, end) tuples that stay alive; each
+    allocation burst triggers a collection that rescans everything allocated so
+    far, which cost 30-40% of encode_batch on 10,000 IMDB reviews. The tokenizer
+    creates no reference cycles, so nothing is left for the collector to free.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 _TRUNCATION = {True: "longest_first", "longest_first": "longest_first", "only_first": "only_first",
@@ -442,8 +460,6 @@ class Tokenizer:
         consecutive chunks (itertools.accumulate) gives every position in one
         C-level pass; `marks` is 1 for the sums that are token starts or ends.
         """
-        if chunk.isascii() and chunk.isprintable():
-            return self._encode_ascii_chunk(chunk.lower() if self.do_lower_case else chunk)
         ids, steps = [], []
         at = 0
         for word, origin in self.basic.words(chunk):
@@ -453,34 +469,41 @@ class Tokenizer:
                 steps += (start - at, end - start)
                 at = end
         steps.append(len(chunk) + 1 - at)
-        return tuple(ids), array("i", steps).tobytes(), _marks(len(ids))
+        return tuple(ids), tuple(steps), _marks(len(ids))
 
     def _encode_ascii_chunk(self, chunk: str) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-        """_encode_chunk for printable ASCII without spaces, already lowercased when uncased.
+        """_encode_chunk for printable ASCII without spaces.
 
         The fast path for first-seen chunks, which dominate a cold start: such a
         chunk needs no normalization, its words (letters and digits, or one
         punctuation character) tile it one character for one, and most words
         are whole vocabulary entries, which greedy WordPiece would find first.
         """
-        words = _ASCII_WORD.findall(chunk)
+        words = _ASCII_WORD.findall(chunk.lower() if self.do_lower_case else chunk)
         ids = list(map(self.vocab.get, words))
         if None not in ids and self._max_piece <= MAX_CHARS_PER_WORD:
             # Every word is a vocabulary entry, one token spanning the word; the
             # words tile the chunk, so each token starts where the previous ended.
-            steps = array("i", chain.from_iterable(zip(repeat(0), map(len, words))))
-            steps.append(1)
-            return tuple(ids), steps.tobytes(), _marks(len(ids))
-        ids, steps = [], []
+            steps = [0] * (2 * len(ids) + 1)
+            steps[1::2] = map(len, words)
+            steps[-1] = 1
+            return tuple(ids), tuple(steps), _marks(len(ids))
+        found, ids, steps = ids, [], []
         at = pos = 0  # end of the last token; start of the current word
-        for word in words:
-            for i, s, e in self._wordpiece(word):
+        for word, i in zip(words, found):
+            n = len(word)
+            if i is not None and n <= MAX_CHARS_PER_WORD:
                 ids.append(i)
-                steps += (pos + s - at, e - s)
-                at = pos + e
-            pos += len(word)
+                steps += (pos - at, n)
+                at = pos + n
+            else:
+                for i, s, e in self._wordpiece(word):
+                    ids.append(i)
+                    steps += (pos + s - at, e - s)
+                    at = pos + e
+            pos += n
         steps.append(pos + 1 - at)
-        return tuple(ids), array("i", steps).tobytes(), _marks(len(ids))
+        return tuple(ids), tuple(steps), _marks(len(ids))
 
     def _encode_text(self, text: str, with_offsets: bool = True) -> tuple[list[int], list[tuple[int, int]] | None]:
         """Ids (and spans into `text`) of one sequence, no [CLS]/[SEP] added."""
@@ -506,20 +529,22 @@ class Tokenizer:
             piece = piece.lower()  # one-for-one in ASCII; chunks then repeat more often
         chunks = piece.split(" ")
         hits = list(map(self._chunk_cache.get, chunks))
-        if None in hits:
-            for k, hit in enumerate(hits):
-                if hit is None:
-                    hits[k] = self._remember(chunks[k])
+        if None in hits:  # first-seen chunks (or long ones, never cached)
+            fresh = {c: self._remember(c) for c in compress(chunks, map(is_, hits, repeat(None)))}
+            hits = list(map(fresh.get, chunks, hits))  # dict.get(chunk, default=cached hit)
         chunk_ids, steps, marks = zip(*hits)  # str.split gives at least one chunk
         ids += chain.from_iterable(chunk_ids)
         if offsets is not None:
-            walk = np.frombuffer(b"".join(steps), np.int32).cumsum()
-            positions = iter((walk[np.frombuffer(b"".join(marks), np.bool_)] + base).tolist())
+            walk = accumulate(chain.from_iterable(steps), initial=base)
+            positions = compress(walk, chain((0,), chain.from_iterable(marks)))
             offsets += zip(positions, positions)  # one iterator twice: consecutive (start, end) pairs
 
     def _remember(self, chunk: str) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         """Encode a chunk seen for the first time, and cache it unless it is long (long ones rarely repeat)."""
-        hit = self._encode_chunk(chunk)
+        if chunk.isascii() and chunk.isprintable():  # most chunks: the fast path
+            hit = self._encode_ascii_chunk(chunk)
+        else:
+            hit = self._encode_chunk(chunk)
         if len(chunk) <= _CACHE_MAX_CHUNK:
             if len(self._chunk_cache) >= _CACHE_LIMIT:
                 self._chunk_cache.clear()  # bounded memory; refills from the traffic that follows
@@ -571,12 +596,13 @@ class Tokenizer:
                      stride: int = 0, return_overflowing: bool = False) -> list[Encoding]:
         """encode() for each text or (text, pair); padding="longest" pads all to the longest of the batch."""
         pad_to = self._pad_length(padding, max_length)
-        encodings = [
-            self._encode(t, None, max_length, truncation, return_offsets, stride, return_overflowing, pad_to)
-            if isinstance(t, str) else
-            self._encode(t[0], t[1], max_length, truncation, return_offsets, stride, return_overflowing, pad_to)
-            for t in texts
-        ]
+        with _gc_paused():
+            encodings = [
+                self._encode(t, None, max_length, truncation, return_offsets, stride, return_overflowing, pad_to)
+                if isinstance(t, str) else
+                self._encode(t[0], t[1], max_length, truncation, return_offsets, stride, return_overflowing, pad_to)
+                for t in texts
+            ]
         if padding is True or padding == "longest":
             everything = [e for enc in encodings for e in (enc, *enc.overflowing)]
             longest = max((len(e) for e in everything), default=0)

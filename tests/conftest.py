@@ -35,3 +35,14 @@ def minilm_dir() -> Path:
 @pytest.fixture(scope="session")
 def minilm() -> Path:
     return minilm_dir()
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine extra threads only spin against other jobs."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

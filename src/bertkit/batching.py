@@ -9,7 +9,9 @@ numbers for per-example fields); `collate` turns a list of them into tensors.
 from __future__ import annotations
 
 import random
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence, TypeVar
+
+T = TypeVar("T")
 
 import torch
 
@@ -22,6 +24,18 @@ PAD_VALUES = {
     "labels": -100,
     "special_tokens_mask": 1,
 }
+
+
+def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of `size` items (the last may be shorter), streaming: for inputs larger than memory."""
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def length_batches(

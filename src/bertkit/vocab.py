@@ -45,6 +45,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from bertkit.batching import chunked
 from bertkit.tokenizer import CLS, MASK, MAX_CHARS_PER_WORD, PAD, SEP, UNK, Tokenizer, basic_tokenize
 
 PREFIX = "##"  # marks a piece that continues a word
@@ -97,15 +98,6 @@ def _count_chunk(args: tuple[list[str], bool]) -> tuple[int, Counter[str]]:
     return len(texts), counts
 
 
-def _chunks(texts: Iterable[str], size: int) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for t in texts:
-        chunk.append(t)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def count_words(
@@ -125,7 +117,7 @@ def count_words(
         if not p.is_file():
             raise FileNotFoundError(f"{p}: no such file")
     texts = (t for p in paths for t in read_texts(p, text_field))
-    jobs = ((chunk, do_lower_case) for chunk in _chunks(texts, _CHUNK_TEXTS))
+    jobs = ((chunk, do_lower_case) for chunk in chunked(texts, _CHUNK_TEXTS))
     workers = workers or os.cpu_count() or 1
     counts: Counter[str] = Counter()
     with tqdm(unit="text", desc="counting words", disable=not progress) as bar:

@@ -25,11 +25,11 @@ import random
 import shutil
 from bisect import bisect_right
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from bertkit.batching import chunked
 from bertkit.data.corpus import CorpusStats, read_documents
 from bertkit.data.instances import document_instances, tokenize_document
 
@@ -91,15 +91,6 @@ def build_shard(number: int, documents: list[list[str]], out_dir: str, max_seq_l
     return {"name": name, "instances": stats.instances, "tokens": len(ids), "stats": stats.to_dict()}
 
 
-def _groups(docs: Iterable[list[str]], size: int) -> Iterator[list[list[str]]]:
-    group: list[list[str]] = []
-    for d in docs:
-        group.append(d)
-        if len(group) == size:
-            yield group
-            group = []
-    if group:
-        yield group
 
 
 def prepare(vocab: str | os.PathLike, inputs: list[str | os.PathLike], output: str | os.PathLike, *,
@@ -138,13 +129,13 @@ def prepare(vocab: str | os.PathLike, inputs: list[str | os.PathLike], output: s
 
     if workers == 1:
         _init_worker(str(vocab))
-        for n, group in enumerate(_groups(docs, docs_per_shard)):
+        for n, group in enumerate(chunked(docs, docs_per_shard)):
             collect(build_shard(n, group, *args), len(group))
     else:
         # Bounded in-flight work: at most 2 groups per worker are held in memory at once.
         with mp.get_context("spawn").Pool(workers, _init_worker, (str(vocab),)) as pool:
             pending: list[tuple[int, mp.pool.AsyncResult]] = []
-            for n, group in enumerate(_groups(docs, docs_per_shard)):
+            for n, group in enumerate(chunked(docs, docs_per_shard)):
                 pending.append((len(group), pool.apply_async(build_shard, (n, group, *args))))
                 while len(pending) >= 2 * workers:
                     size, job = pending.pop(0)

@@ -49,9 +49,9 @@ def run_bertkit(task: str, args, out: Path) -> dict:
     s = finetune(task, minilm_dir(), out / task, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                  max_train_examples=args.max_train_examples, max_eval_examples=args.max_eval_examples,
                  max_length=args.max_length, seed=args.seed, data_dir=args.data_dir, bf16=args.bf16,
-                 progress=not args.quiet)
+                 freeze_encoder=args.freeze_encoder, progress=not args.quiet)
     wall = time.perf_counter() - t0
-    result = {"impl": "bertkit", "task": task, "metric": s["metric"], "best": s["best"], "epochs": s["epochs"],
+    result = {"impl": "bertkit (frozen encoder)" if args.freeze_encoder else "bertkit", "task": task, "metric": s["metric"], "best": s["best"], "epochs": s["epochs"],
               "train_examples": s["train_examples"], "dev_examples": s["dev_examples"],
               "train_seconds": s["train_seconds"], "wall_seconds": wall, "settings": s["settings"]}
     if task == "conll2003":  # model picked on testa (dev); the reported figure is testb (test)
@@ -159,6 +159,8 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--bf16", action="store_true")
+    p.add_argument("--freeze-encoder", action="store_true",
+                   help="train only the head on frozen BERT features (the paper's feature-based use; try --lr 1e-3)")
     p.add_argument("--data-dir", default=os.environ.get("BERTKIT_DATA", str(ROOT.parent / "shared" / "data")))
     p.add_argument("--out", default=None, help="where checkpoints go (default: a temporary folder)")
     p.add_argument("--results", default=None, help="append one JSON line per run to this file")

@@ -150,7 +150,7 @@ def memory_child(who: str, model_dir: str, dtype: str, n_sst2: int, n_imdb: int,
         loaded = peak_rss_mb()
     else:
         base = peak_rss_mb()
-        run = bertkit_runner(cast_model(BertModel.from_pretrained(model_dir), dtype))
+        run = bertkit_runner(cast_model(BertModel.from_pretrained(model_dir), dtype, inplace=True))
         loaded = peak_rss_mb()
     with torch.inference_mode():
         for b in batches:
@@ -287,6 +287,7 @@ def main() -> None:
                     help="bf16 runs on this many evenly spread batches only (0: all): it is emulated on AVX2")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--memory-only", action="store_true", help="skip the speed runs (memory is load-proof)")
     ap.add_argument("--json", default=None, help="also write the figures here")
     ap.add_argument("--accuracy", default=None, metavar="MODEL_DIR",
                     help="only score a fine-tuned classifier on its dev set in fp32, int8 and bf16")
@@ -304,8 +305,9 @@ def main() -> None:
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, quantized engine {torch.backends.quantized.engine}")
-    pk = peaks()
-    print("peak 2048x2048 matmul: " + ", ".join(f"{k} {v:.1f} G{'OP' if k == 'int8' else 'FLOP'}/s"
+    pk = {} if args.memory_only else peaks()
+    if pk:
+        print("peak 2048x2048 matmul: " + ", ".join(f"{k} {v:.1f} G{'OP' if k == 'int8' else 'FLOP'}/s"
                                                  for k, v in pk.items()))
     report: list = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -318,19 +320,20 @@ def main() -> None:
             dirs["base"] = ("bert-base (random init)", tmp, 4)
         for key, (label, model_dir, cut) in dirs.items():
             texts = load_texts(args.sst2 // cut, args.imdb // cut)
-            bench_model(label, model_dir, texts, pk, args, report, cut)
-            bench_end_to_end(label, model_dir, [t for v in texts.values() for t in v], args, report)
+            if not args.memory_only:
+                bench_model(label, model_dir, texts, pk, args, report, cut)
+                bench_end_to_end(label, model_dir, [t for v in texts.values() for t in v], args, report)
             if not args.no_memory:
                 print(f"### peak memory, {label}: one batch of {args.batch_size} IMDB reviews at {args.max_length} tokens, "
                       "a fresh process each; MB above the RSS after imports + data")
-                for who, dtype in (("transformers", "fp32"), ("bertkit", "fp32"), ("bertkit", "bf16"),
-                                   ("bertkit", "int8")):
+                for who, dtype in (("transformers", "fp32"), ("transformers", "bf16"), ("bertkit", "fp32"),
+                                   ("bertkit", "bf16"), ("bertkit", "int8")):
                     m = measure_memory(who, model_dir, dtype, args)
                     print(f"  {who:12} {dtype}: {m['model_and_run_mb']:7.0f} MB (of which loading {m['load_mb']:.0f} MB; "
                           f"peak RSS {m['peak_mb']:.0f} MB)",
                           flush=True)
                     report.append({"model": label, "mode": "memory", "who": f"{who} {dtype}", **m})
-    after = peaks()
+    after = {} if args.memory_only else peaks()
     print("peak again after the runs: " + ", ".join(f"{k} {v:.1f}" for k, v in after.items())
           + "  (MFU above used the first figures)")
     if args.json:

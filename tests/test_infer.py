@@ -11,7 +11,8 @@ import torch
 
 from conftest import data_path
 from bertkit.cli import main
-from bertkit.infer import Embedder, embed, pool
+from bertkit.infer import Embedder, cast_model, embed, pool
+from bertkit.model import BertModel
 
 N_SST2 = 40
 
@@ -116,6 +117,22 @@ def test_low_precision_close_to_fp32(embedder, texts, fp32, dtype, min_cosine):
     assert c.mean() >= min_cosine and c.min() >= 0.93, (dtype, c.mean(), c.min())
     assert not np.array_equal(got, fp32)  # it really ran in another precision
     assert next(embedder.model.parameters()).dtype == torch.float32  # the fp32 model is untouched
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+def test_inplace_cast_converts_the_model_itself_with_the_same_outputs(minilm, dtype):
+    model = BertModel.from_pretrained(minilm)
+    copy_out = cast_model(model, dtype)
+    ids = torch.tensor([[101, 7592, 2088, 1010, 2023, 2003, 1037, 3231, 102]])
+    with torch.inference_mode():
+        expected = copy_out(ids).last_hidden_state
+        same = cast_model(model, dtype, inplace=True)
+        got = same(ids).last_hidden_state
+    assert same is model and torch.equal(got, expected)
+    if dtype == "int8":  # every Linear swapped for its quantized twin: no fp32 copy left behind
+        assert not any(type(m) is torch.nn.Linear for m in model.modules())
+    else:
+        assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 
 def test_cli_writes_npy_and_jsonl(minilm, texts, fp32, tmp_path, capsys):

@@ -135,3 +135,14 @@ def test_continued_pretraining_of_minilm_with_fresh_heads(tmp_path):
         small = small_vocab(tmp_path / "v")
         prepare(small, [corpus], tmp_path / "other", max_seq_length=64, workers=1, progress=False)
         pretrain(load_config(None, [f"data={tmp_path / 'other'}", f"model={minilm_dir()}", "eval_instances=0"]))
+
+
+def test_evaluation_on_a_second_prepared_corpus(shards, corpus, tmp_path):
+    res = pretrain(load_config(None, tiny_overrides(shards, tmp_path / "run", eval_data=shards,
+                                                    eval_instances=10**6, **{"train.max_steps": 2})))
+    assert [r["step"] for r in res.history if "val_mlm_accuracy" in r] == [2]  # capped to what eval_data holds
+    other = tmp_path / "other"  # same text, another vocabulary: its ids mean other word pieces
+    prepare(minilm_dir(), [corpus], other, max_seq_length=64, workers=1, progress=False)
+    with pytest.raises(ValueError, match="different vocabulary"):
+        pretrain(load_config(None, tiny_overrides(shards, tmp_path / "run2", eval_data=other,
+                                                  **{"train.max_steps": 2})))

@@ -236,3 +236,17 @@ def test_two_process_ddp_matches_one_process_with_double_accumulation(tmp_path):
     assert len(losses(ddp)) == len(losses(one)) == 16
     for (s, x), (t, y) in zip(losses(ddp), losses(one)):
         assert s == t and x == pytest.approx(y, rel=1e-5)
+
+
+def test_time_box_stops_evaluates_and_saves_then_resume_goes_on(tmp_path):
+    feats = features(40, seed=3)
+    evaluate = lambda model: {"loss": 0.5}
+    cfg = TrainConfig(lr=1e-2, warmup=0, epochs=2, log_every=1, out_dir=str(tmp_path), progress=False,
+                      max_minutes=1e-9)  # spent after the first step
+    boxed = train(make(), Batches(feats, 4), cfg, evaluate)
+    assert boxed.step == 1 and not boxed.stopped
+    assert [r["step"] for r in boxed.history if "val_loss" in r] == [1]  # evaluated where it stopped
+    assert load_state(tmp_path / STATE_FILE)["step"] == 1
+    cfg.max_minutes = 60.0  # a larger box: the resumed run goes on to the end of its schedule
+    rest = train(make(seed=5), Batches(feats, 4), cfg, evaluate, resume=True)
+    assert rest.step == 20

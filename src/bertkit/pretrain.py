@@ -45,6 +45,8 @@ class PretrainConfig:
     model_overrides: dict[str, Any] = field(default_factory=dict)  # BertConfig fields, e.g. hidden_dropout_prob
     batch_size: int = 32
     eval_instances: int = 1000  # held out from the END of the data: the last documents (one may straddle)
+    eval_data: str = ""  # a second prepared directory to evaluate on instead (e.g. a test corpus); then all
+    # of `data` trains and the first eval_instances of eval_data are held out
     eval_batch_size: int = 64
     resume: bool = False  # continue from train.out_dir/state.pt
     masking: MaskingConfig = field(default_factory=MaskingConfig)
@@ -176,16 +178,23 @@ def pretrain(cfg: PretrainConfig) -> TrainResult:
     if data.max_seq_length > model.config.max_position_embeddings:
         raise ValueError(f"{cfg.data}: sequences of {data.max_seq_length} tokens exceed the model's "
                          f"{model.config.max_position_embeddings} positions")
-    n_eval = cfg.eval_instances
-    if not 0 <= n_eval < len(data):
-        raise ValueError(f"eval_instances {n_eval} must be below the {len(data)} prepared instances")
     masker = Masker(cfg.masking, tokenizer.vocab, tokenizer.special_ids, tokenizer.mask_token_id)
-    train_ids = list(range(len(data) - n_eval))
+    n_eval = cfg.eval_instances
+    if cfg.eval_data:
+        eval_data = PretrainingData(cfg.eval_data)
+        eval_data.check_vocab(tokenizer.vocab)
+        n_eval = min(n_eval, len(eval_data))
+        train_ids, eval_ids = list(range(len(data))), list(range(n_eval))
+    else:
+        eval_data = data
+        if not 0 <= n_eval < len(data):
+            raise ValueError(f"eval_instances {n_eval} must be below the {len(data)} prepared instances")
+        train_ids, eval_ids = list(range(len(data) - n_eval)), list(range(len(data) - n_eval, len(data)))
     batches = MaskedBatches(data, train_ids, cfg.batch_size, masker, seed=cfg.train.seed, shuffle=True)
     evaluate = None
     if n_eval:
-        heldout = MaskedBatches(data, list(range(len(data) - n_eval, len(data))), cfg.eval_batch_size, masker,
-                                seed=cfg.train.seed + 1, shuffle=False)
+        heldout = MaskedBatches(eval_data, eval_ids, cfg.eval_batch_size, masker, seed=cfg.train.seed + 1,
+                                shuffle=False)
         evaluate = heldout_evaluator(heldout)
     result = train(model, batches, cfg.train, evaluate, batch_stats=pretraining_stats, resume=cfg.resume)
     out = Path(cfg.train.out_dir) if cfg.train.out_dir else None

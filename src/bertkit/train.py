@@ -54,6 +54,8 @@ class TrainConfig:
     warmup: float = 0.1  # < 1: fraction of all steps; >= 1: a number of steps. Then linear decay to 0.
     epochs: int = 3
     max_steps: int | None = None  # when set, overrides epochs (training stops mid-epoch if needed)
+    max_minutes: float | None = None  # time box: stop (evaluate, save) once this much training time has passed;
+    # evaluation is not counted, and the lr schedule still spans max_steps/epochs, so runs compare at equal time
     grad_accum_steps: int = 1  # micro-batches per optimizer step, per process
     max_grad_norm: float | None = 1.0  # total-norm clipping before every step; None disables
     dtype: str = "fp32"  # fp32 | bf16 (autocast, CPU and CUDA) | fp16 (CUDA only, with GradScaler)
@@ -498,10 +500,10 @@ class _Trainer:
         if self.d.rank == 0:
             text = " | ".join(f"{k} {v:.4f}" for k, v in rec.items()
                               if k not in ("step", "epoch", "elapsed", "best"))
-            text += " (best)" if rec.get("best") else ""
+            text += f" (best {self.cfg.metric} so far)" if rec.get("best") else ""
             (bar.write if bar is not None else print)(
                 f"epoch {self.epoch + 1}/{self.epochs} step {self.step}/{self.total_steps} | {text} | "
-                f"{self.elapsed:.1f} s")
+                f"train time {self.report_sums.seconds:.1f} s since the last report, {self.elapsed:.1f} s in all")
         self.report_sums = _Sums()
         if self.writer:
             plot_curves(self.history, self.out / PLOT_FILE)
@@ -553,6 +555,11 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
 
+    def _time_up(self) -> bool:
+        # Ranks must agree, or one would wait forever in the next all-reduce.
+        up = self.elapsed >= self.cfg.max_minutes * 60
+        return bool(self.d.sum([float(up)])[0]) if self.d.world > 1 else up
+
     def run(self, resume: bool) -> TrainResult:
         cfg = self.cfg
         if resume:
@@ -566,8 +573,9 @@ class _Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
                    disable=not (cfg.progress and self.d.rank == 0))
         stopped = False
+        timed_out = cfg.max_minutes is not None and self._time_up()  # a resumed run whose time is spent
         with _StopFlag() as stop:
-            while self.step < self.total_steps and not stopped:
+            while self.step < self.total_steps and not stopped and not timed_out:
                 if self.micro >= self.micro_per_epoch:  # resumed exactly at an epoch's end
                     self.epoch, self.micro = self.epoch + 1, 0
                 self.batches.set_epoch(self.epoch)
@@ -593,7 +601,8 @@ class _Trainer:
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
                                     tok_s=f"{tokens * self.d.world / max(dt, 1e-9):.0f}", refresh=False)
                     epoch_end = self.micro >= self.micro_per_epoch
-                    last = self.step >= self.total_steps
+                    timed_out = cfg.max_minutes is not None and self._time_up()
+                    last = self.step >= self.total_steps or timed_out
                     if self.step % cfg.log_every == 0 or last:
                         self._log()
                     if (cfg.eval_every and self.step % cfg.eval_every == 0) or (
@@ -609,8 +618,12 @@ class _Trainer:
                         if self.d.rank == 0:
                             bar.write(f"stopped by signal at step {self.step}; state saved, resume to continue")
                         break
-                    if epoch_end:
+                    if epoch_end or timed_out:
                         break
+                if timed_out:
+                    if self.d.rank == 0:
+                        bar.write(f"time box of {cfg.max_minutes:g} min reached at step {self.step}; state saved")
+                    break
         bar.close()
         if self.writer:
             plot_curves(self.history, self.out / PLOT_FILE)

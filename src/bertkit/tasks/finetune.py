@@ -187,7 +187,7 @@ def finetune(task: str | Task | None, model: str | Path, out_dir: str | Path, *,
              progress: bool = True) -> dict:
     """Fine-tune `model` on `task`; the best epoch (by the task's metric on dev) lands in out_dir/best.
 
-    freeze_encoder trains only the head on frozen BERT features (the feature-based
+    freeze_encoder trains only the pooler and the head on frozen BERT features (the feature-based
     alternative of the BERT paper, section 5.3); it wants a larger lr (e.g. 1e-3).
     Returns the summary also written to out_dir/finetune.json.
     """
@@ -221,8 +221,11 @@ def finetune(task: str | Task | None, model: str | Path, out_dir: str | Path, *,
     torch.manual_seed(seed)  # the new head's initial weights
     net = head.from_pretrained(model_dir, config=config)
     if freeze_encoder:
-        for p in net.bert.parameters():
-            p.requires_grad_(False)
+        # Embeddings and Transformer layers stay fixed. The pooler (dense + tanh on [CLS]) trains with
+        # the classifier, a small MLP over the frozen features: models trained without NSP (such as
+        # sentence-transformers' all-MiniLM-L6-v2) carry a pooler that was never trained.
+        for name, p in net.bert.named_parameters():
+            p.requires_grad_(name.startswith("pooler."))
 
     out_dir = Path(out_dir)
     cfg = TrainConfig(lr=lr, epochs=epochs, warmup=warmup, weight_decay=weight_decay, seed=seed,

@@ -83,14 +83,13 @@ def run_transformers(args, out: Path) -> None:
     """BertForPreTraining in a plain loop: the recipe of `bertkit pretrain`, written the usual way."""
     import transformers
 
+    from bertkit.train import param_groups  # the recipe's decay groups: no decay on biases and LayerNorm
+
     torch.manual_seed(args.seed)
     model = transformers.BertForPreTraining.from_pretrained(out / "init")
     train = batches(out / "train", None, args.batch_size, args.seed, shuffle=True)
     heldout = batches(out / "heldout", list(range(args.eval_instances)), 64, args.seed + 1, shuffle=False)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr, eps=1e-6, fused=True)
+    opt = torch.optim.AdamW(param_groups(model, 0.01), lr=args.lr, eps=1e-6, fused=True)
     sched = transformers.get_linear_schedule_with_warmup(opt, args.warmup, args.steps)
 
     @torch.no_grad()

@@ -150,7 +150,7 @@ def memory_child(who: str, model_dir: str, dtype: str, n_sst2: int, n_imdb: int,
         loaded = peak_rss_mb()
     else:
         base = peak_rss_mb()
-        run = bertkit_runner(cast_model(BertModel.from_pretrained(model_dir), dtype, inplace=True))
+        run = bertkit_runner(BertModel.from_pretrained(model_dir, dtype=dtype))  # converted as read
         loaded = peak_rss_mb()
     with torch.inference_mode():
         for b in batches:

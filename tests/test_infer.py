@@ -135,6 +135,25 @@ def test_inplace_cast_converts_the_model_itself_with_the_same_outputs(minilm, dt
         assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+def test_loading_straight_into_a_dtype_equals_converting_after(minilm, dtype):
+    # from_pretrained(dtype=...) converts each weight as it is read (never holding the fp32
+    # model whole); the result must be the very model cast_model makes from the fp32 one.
+    ids = torch.tensor([[101, 7592, 2088, 1010, 2023, 2003, 1037, 3231, 102]])
+    direct = BertModel.from_pretrained(minilm, dtype=dtype)
+    after = cast_model(BertModel.from_pretrained(minilm), dtype, inplace=True)
+    with torch.inference_mode():
+        assert torch.equal(direct(ids).last_hidden_state, after(ids).last_hidden_state)
+        assert torch.equal(direct(ids).pooler_output, after(ids).pooler_output)
+    assert not direct.training
+    kinds = {type(m).__name__ for m in direct.modules()}
+    assert ("Linear" in kinds) == (dtype == "bf16") and ("FullRangeDynamicLinear" in kinds) == (dtype == "int8")
+    if dtype == "bf16":
+        assert {p.dtype for p in direct.parameters()} == {torch.bfloat16}
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        BertModel.from_pretrained(minilm, dtype="fp16")
+
+
 def test_cli_writes_npy_and_jsonl(minilm, texts, fp32, tmp_path, capsys):
     src = tmp_path / "texts.txt"
     src.write_text("\n".join(texts[:6]) + "\n", encoding="utf-8")

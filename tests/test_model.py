@@ -16,7 +16,7 @@ import torch
 
 from conftest import ROOT, data_path
 from bertkit.config import BertConfig
-from bertkit.model import BertModel
+from bertkit.model import BertModel, dropout
 
 transformers = pytest.importorskip("transformers")
 
@@ -171,6 +171,42 @@ def test_dropout_only_in_training_and_gradients_flow():
     with torch.no_grad():
         assert torch.equal(model(ids, attention_mask=mask).pooler_output,
                            model(ids, attention_mask=mask).pooler_output)
+
+
+def test_cpu_dropout_rate_scale_gradient_and_seed():
+    x = torch.ones(1000, 1000, requires_grad=True)
+    torch.manual_seed(3)
+    y = dropout(x, 0.1, training=True)
+    kept = y != 0
+    # 10^6 draws: the drop rate is 0.1 (to 1/65536) within 5 standard deviations (5 * 0.0003).
+    assert abs(1 - kept.float().mean().item() - 0.1) < 0.0015
+    assert abs(y.mean().item() - 1.0) < 0.005  # the scale keeps the expectation
+    assert torch.allclose(y[kept], torch.full((), 65536 / 58982))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # d(sum)/dx = mask * scale
+    torch.manual_seed(3)
+    assert torch.equal(dropout(x, 0.1, training=True), y)  # the seed decides the mask
+    assert dropout(x, 0.1, training=False) is x
+    assert torch.equal(dropout(x, 1.0, training=True), torch.zeros_like(x))
+    rows = dropout(torch.ones(4, 100_000), 0.5, training=True)
+    assert not any(torch.equal(rows[i] != 0, rows[j] != 0) for i in range(4) for j in range(i))
+
+
+def test_training_attention_path_equals_sdpa_when_nothing_is_dropped():
+    # In CPU training the attention is computed explicitly (for the cheaper dropout mask);
+    # with a drop rate that rounds to 0 its output must equal the fused eval path.
+    config = BertConfig.preset("tiny", vocab_size=100, hidden_dropout_prob=0.0, attention_probs_dropout_prob=1e-9)
+    model = BertModel(config)
+    ids = torch.randint(1, 100, (3, 11))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    train_ops = aten_ops(lambda: model.train()(ids, attention_mask=mask))
+    assert "aten::_softmax" in train_ops
+    with torch.no_grad():
+        train = model.train()(ids, attention_mask=mask)
+        infer = model.eval()(ids, attention_mask=mask)
+    real = mask.bool()
+    assert (train.last_hidden_state[real] - infer.last_hidden_state[real]).abs().max().item() < 1e-5
 
 
 def test_too_long_input_is_a_clear_error():

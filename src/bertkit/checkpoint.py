@@ -18,10 +18,11 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from bertkit.config import BertConfig
 
@@ -104,16 +105,21 @@ def resolve(name_or_dir: str | os.PathLike) -> Path:
     raise FileNotFoundError(f"model {name!r} not found: {'; '.join(looked)} (bertkit never downloads)")
 
 
-def read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint directory: model.safetensors (single or sharded) or pytorch_model.bin."""
+def read_weights(model_dir: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of a checkpoint directory, one at a time: model.safetensors (single or sharded)
+    or pytorch_model.bin.
+
+    One at a time so that a loader converting each tensor as it comes (to bf16, to int8) never
+    holds the file's fp32 weights whole; read with pread rather than mapped, so the file's pages
+    never count in this process's resident memory on top of the tensors read out of them.
+    """
     single = model_dir / "model.safetensors"
     index = model_dir / "model.safetensors.index.json"
     legacy = model_dir / "pytorch_model.bin"
-    if single.is_file():
-        return load_file(single)
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return {k: v for shard in shards for k, v in load_file(model_dir / shard).items()}
+    if single.is_file() or index.is_file():
+        files = [single] if single.is_file() else \
+            [model_dir / s for s in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        return ((key, tensor) for path in files for key, tensor in _read_safetensors(path))
     if legacy.is_file():
         try:
             state = torch.load(legacy, map_location="cpu", weights_only=True)
@@ -122,25 +128,34 @@ def read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
                              f"bertkit does not run pickled code") from None
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise ValueError(f"{legacy}: expected a dict of named tensors")
-        return state
+        return _drain(state)
     raise FileNotFoundError(f"{model_dir}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+def _drain(state: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
+    while state:  # each tensor leaves the dict as it is handed on
+        yield state.popitem()
+
+
+def _read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    with safe_open(path, framework="pt", backend="pread") as f:
+        for key in f.keys():
+            yield key, f.get_tensor(key)
 
 
 # ---------------------------------------------------------------- name mapping
 
-def from_hf(state: dict[str, torch.Tensor], source: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def from_hf(tensors: Iterable[tuple[str, torch.Tensor]], source: str) -> Iterator[tuple[str, torch.Tensor, str]]:
     """Hugging Face names (with or without `bert.`, legacy gamma/beta) -> bertkit names without `bert.`.
 
-    Returns the tensors and, for error messages, each bertkit name's Hugging Face name.
-    `state` is consumed: each tensor leaves it as it is converted, and a layer's query, key and
-    value are freed once fused, so converting never holds a second copy of the weights.
+    A stream: yields (bertkit name, tensor, Hugging Face name for error messages) as the tensors
+    come, except that a layer's query, key and value wait for each other and leave fused.
     """
-    out: dict[str, torch.Tensor] = {}
-    origin: dict[str, str] = {}
     qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     decoder: dict[str, torch.Tensor] = {}
-    for raw in list(state):
-        tensor = state.pop(raw)
+    words = None  # the word embeddings, to check an old file's stored decoder copy against
+    has_mlm_bias = False
+    for raw, tensor in tensors:
         key = raw.removeprefix("bert.")
         key = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", key))  # TF-era LayerNorm names
         if key in BUFFERS:
@@ -154,27 +169,26 @@ def from_hf(state: dict[str, torch.Tensor], source: str) -> tuple[dict[str, torc
             parts = qkv.setdefault((layer, kind), {})
             parts[part] = tensor
             if len(parts) == 3:
-                name = f"layers.{layer}.attn.qkv.{kind}"
-                out[name] = torch.cat([parts["query"], parts["key"], parts["value"]])
-                origin[name] = f"encoder.layer.{layer}.attention.self.query/key/value.{kind}"
                 del qkv[layer, kind]
+                yield (f"layers.{layer}.attn.qkv.{kind}", torch.cat([parts.pop("query"), parts.pop("key"),
+                       parts.pop("value")]), f"encoder.layer.{layer}.attention.self.query/key/value.{kind}")
             continue
         new = _rename(key, _HF_TO_BK)
         if new is None:
             raise ValueError(f"{source}: unknown weight {raw!r}: not a BERT parameter bertkit knows")
-        out[new], origin[new] = tensor, raw
+        words = tensor if new == "embeddings.word_embeddings.weight" else words
+        has_mlm_bias = has_mlm_bias or new == "mlm.bias"
+        yield new, tensor, raw
     for (layer, kind), parts in qkv.items():  # only incomplete triples are left
         part = next(p for p in ("query", "key", "value") if p not in parts)
         raise ValueError(f"{source}: missing weight encoder.layer.{layer}.attention.self.{part}.{kind}")
     # The MLM decoder is tied to the word embeddings and its bias to cls.predictions.bias;
     # old files store the copies. A decoder that is NOT the embeddings cannot be tied.
-    if "bias" in decoder and "mlm.bias" not in out:
-        out["mlm.bias"], origin["mlm.bias"] = decoder["bias"], "cls.predictions.decoder.bias"
-    words = out.get("embeddings.word_embeddings.weight")
     if "weight" in decoder and words is not None and not torch.equal(decoder["weight"], words):
         raise ValueError(f"{source}: cls.predictions.decoder.weight differs from the word embeddings; "
                          f"bertkit ties the MLM decoder to them")
-    return out, origin
+    if "bias" in decoder and not has_mlm_bias:
+        yield "mlm.bias", decoder["bias"], "cls.predictions.decoder.bias"
 
 
 def to_hf(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -205,13 +219,19 @@ class PretrainedMixin:
     base_prefix = ""  # "bert." for a model with a head: where the encoder's names start
 
     @classmethod
-    def from_pretrained(cls: type[M], name_or_dir: str | os.PathLike, config: BertConfig | None = None,
-                        **overrides: Any) -> M:
+    def from_pretrained(cls: type[M], name_or_dir: str | os.PathLike, config: BertConfig | None = None, *,
+                        dtype: str = "fp32", **overrides: Any) -> M:
         """Load a Hugging Face BERT checkpoint, in eval mode.
 
+        dtype: "fp32", or "bf16" / "int8" for inference (see infer.cast_model); each weight is
+        converted as it is read, so the fp32 model is never held whole.
         overrides change the config (e.g. num_labels=3, hidden_dropout_prob=0.0).
         A head the checkpoint lacks is initialised and reported in one warning line.
         """
+        from bertkit.infer import DTYPES, cast_model, quantize_linear  # infer.py imports this module
+
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
         model_dir = resolve(name_or_dir)
         config = config or BertConfig.from_json(model_dir / "config.json")
         if overrides:
@@ -220,9 +240,12 @@ class PretrainedMixin:
         # tensors are assigned in: peak memory is one copy of the weights, not two.
         with torch.device("meta"):
             model = cls(config)
-        load_state(model, read_weights(model_dir), str(model_dir))
+        if dtype == "bf16":
+            model.to(torch.bfloat16)  # on meta: only the dtype each tensor is converted to as it loads
+        load_state(model, read_weights(model_dir), str(model_dir),
+                   on_linear=quantize_linear if dtype == "int8" else None)
         model.source_dir = model_dir
-        return model.eval()
+        return cast_model(model, dtype, inplace=True)  # eval mode; int8: the initialised heads too
 
     def save_pretrained(self, directory: str | os.PathLike, tokenizer: Any = None) -> Path:
         """Write config.json + model.safetensors (Hugging Face names) and the tokenizer files.
@@ -247,25 +270,34 @@ class PretrainedMixin:
         return directory
 
 
-def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Copy Hugging Face-named tensors into model; strict except for heads the checkpoint lacks."""
+def load_state(model: torch.nn.Module, tensors: Iterable[tuple[str, torch.Tensor]], source: str,
+               on_linear: Callable[[torch.nn.Linear], torch.nn.Module] | None = None) -> None:
+    """Put Hugging Face-named tensors into a meta-built model, one by one; strict except for heads
+    the checkpoint lacks. Each tensor takes the dtype of the model's own. on_linear, if given,
+    replaces each nn.Linear as soon as its weight and bias are in (int8 quantization)."""
     prefix = model.base_prefix
-    converted, origin = from_hf(state, source)
-    own = model.state_dict()
-    loaded: dict[str, torch.Tensor] = {}
+    own = {name: (t.shape, t.dtype) for name, t in model.state_dict().items()}
+    loaded: set[str] = set()
     ignored = []
-    for key, tensor in converted.items():
+    for key, tensor, origin in from_hf(tensors, source):
         name = prefix + key if key.startswith(ENCODER) else key
         if name not in own:
             if key.startswith(HEADS):  # another head's weights (e.g. cls.* when fine-tuning)
-                ignored.append(origin[key])
+                ignored.append(origin)
                 continue
-            raise ValueError(f"{source}: weight {origin[key]!r} has no place in {type(model).__name__} "
+            raise ValueError(f"{source}: weight {origin!r} has no place in {type(model).__name__} "
                              f"(does config.json match the weights?)")
-        if tensor.shape != own[name].shape:
-            raise ValueError(f"{source}: weight {origin[key]!r} has shape {tuple(tensor.shape)}, "
-                             f"{type(model).__name__} expects {tuple(own[name].shape)}")
-        loaded[name] = tensor.to(own[name].dtype)
+        shape, dtype = own[name]
+        if tensor.shape != shape:
+            raise ValueError(f"{source}: weight {origin!r} has shape {tuple(tensor.shape)}, "
+                             f"{type(model).__name__} expects {tuple(shape)}")
+        owner, _, attr = name.rpartition(".")
+        module = model.get_submodule(owner)
+        module.register_parameter(attr, torch.nn.Parameter(tensor.to(dtype)))  # replaces the meta one
+        loaded.add(name)
+        if on_linear and type(module) is torch.nn.Linear and not any(p.is_meta for p in module.parameters()):
+            parent, _, child = owner.rpartition(".")
+            setattr(model.get_submodule(parent), child, on_linear(module))
     missing = [name for name in own if name not in loaded]
     # Head weights and the pooler may be new (initialised); the encoder's may not.
     fresh = [n for n in missing if n.startswith(prefix + "pooler.") or (prefix and not n.startswith(prefix))]
@@ -273,7 +305,6 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
     if hard:
         raise ValueError(f"{source}: missing weight(s) for {type(model).__name__}: {', '.join(hard[:5])}"
                          + (f" and {len(hard) - 5} more" if len(hard) > 5 else ""))
-    model.load_state_dict(loaded, strict=False, assign=any(t.is_meta for t in own.values()))
     _initialise_meta(model)
     if fresh:
         log.warning("%s: newly initialised (not in %s), train before use: %s",

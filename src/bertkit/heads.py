@@ -17,7 +17,7 @@ from torch import nn
 
 from bertkit.checkpoint import PretrainedMixin
 from bertkit.config import BertConfig
-from bertkit.model import BertModel, activation, init_weights
+from bertkit.model import BertModel, Dropout, activation, init_weights
 
 
 class MLMHead(nn.Module):
@@ -140,7 +140,7 @@ class BertForSequenceClassification(PretrainedMixin, nn.Module):
         self.config = config
         self.bert = BertModel(config)
         p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(p)
+        self.dropout = Dropout(p)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         init_weights(self.classifier, config.initializer_range)
 
@@ -177,7 +177,7 @@ class BertForTokenClassification(PretrainedMixin, nn.Module):
         self.config = config
         self.bert = BertModel(config, add_pooling_layer=False)
         p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(p)
+        self.dropout = Dropout(p)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         init_weights(self.classifier, config.initializer_range)
 

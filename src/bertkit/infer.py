@@ -27,6 +27,7 @@ dtypes:
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import sys
@@ -55,26 +56,39 @@ def cast_model(model: nn.Module, dtype: str, *, inplace: bool = False) -> nn.Mod
     """`model` ready for inference in `dtype` (eval mode).
 
     bf16 and int8 return a converted copy, or with inplace=True convert `model` itself tensor by
-    tensor (layer by layer for int8), so that memory never holds the fp32 and the converted weights
-    side by side: for a model nobody else uses, such as one just loaded.
+    tensor (Linear by Linear for int8), so that memory never holds the fp32 and the converted weights
+    side by side: for a model nobody else uses, such as one just loaded. (from_pretrained(dtype=...)
+    does better still: it converts each weight as it is read.)
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     model = model.eval()
     if dtype == "fp32":
         return model
+    model = model if inplace else copy.deepcopy(model)
     if dtype == "bf16":
-        return (model if inplace else copy.deepcopy(model)).to(torch.bfloat16)
+        return model.to(torch.bfloat16)
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if type(child) is nn.Linear:
+                setattr(parent, name, quantize_linear(child))
+    return model
+
+
+def quantize_linear(linear: nn.Linear) -> nn.Module:
+    """An nn.Linear as torch's dynamic int8 Linear: int8 weights with one scale per output
+    channel (so one outlier row does not coarsen a whole matrix), activations quantized per
+    batch at run time, to all 8 bits (see FullRangeDynamicLinear)."""
     with warnings.catch_warnings():
         # torch.ao.quantization warns of a future move to torchao; it still works and needs no new dependency.
         warnings.simplefilter("ignore")
-        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+        from torch.ao.quantization import per_channel_dynamic_qconfig
 
-        # Per-channel weight scales: one outlier row no longer coarsens a whole matrix.
-        return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8,
-                                mapping={nn.Linear: _full_range_linear()}, inplace=inplace)
+        linear.qconfig = per_channel_dynamic_qconfig
+        return _full_range_linear().from_float(linear)
 
 
+@functools.cache
 def _full_range_linear() -> type:
     """torch's dynamic int8 Linear, but quantizing activations to all 8 bits instead of 7.
 
@@ -135,8 +149,8 @@ class Embedder:
     def from_pretrained(cls, name_or_dir: str | os.PathLike, **options) -> Embedder:
         """Load a checkpoint directory (or installed model name) with its vocab.txt."""
         model_dir = resolve(name_or_dir)
-        return cls(BertModel.from_pretrained(model_dir), Tokenizer.from_pretrained(model_dir), inplace=True,
-                   **options)
+        model = BertModel.from_pretrained(model_dir, dtype=options.get("dtype", "fp32"))
+        return cls(model, Tokenizer.from_pretrained(model_dir), inplace=True, **options)
 
     @property
     def dim(self) -> int:

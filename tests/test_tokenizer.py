@@ -426,3 +426,13 @@ def test_encode_batch_restores_the_garbage_collector_state(tok):
     with pytest.raises(Exception):
         tok.encode_batch([None])  # a bad item fails inside the paused region
     assert gc.isenabled()
+
+
+def test_offsets_are_built_from_the_flat_spans_and_follow_padding(tok):
+    enc = tok.encode("Héllo, wörld!", "A pair.", return_offsets=True)
+    assert enc.spans == [x for span in enc.offsets for x in span]
+    assert enc.offsets[0] == (0, 0) and enc.offsets[1] == (0, 5)  # [CLS], then "hello" from "Héllo"
+    before = len(enc.offsets)
+    tok._pad(enc, before + 3)  # padding after offsets were read: they must follow
+    assert enc.offsets[before:] == [(0, 0)] * 3 and len(enc.offsets) == len(enc.input_ids)
+    assert tok.encode("no offsets", return_offsets=False).offsets is None

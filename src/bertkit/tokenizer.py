@@ -220,16 +220,31 @@ class Encoding:
     input_ids: list[int]
     token_type_ids: list[int]
     attention_mask: list[int]
-    # (start, end) character span in the original text of the token's sequence;
-    # (0, 0) for special tokens and padding. None when not requested.
-    offsets: list[tuple[int, int]] | None
+    # Every token's character span, flat: [start0, end0, start1, end1, ...] (see `offsets`).
+    # None when not requested.
+    spans: list[int] | None
     # 0 or 1: which input sequence a token comes from; None for specials and padding.
     sequence_ids: list[int | None]
     # Further windows of a truncated input (see `Tokenizer.encode`, `stride`).
     overflowing: list[Encoding] = field(default_factory=list)
+    _offsets: list[tuple[int, int]] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    @property
+    def offsets(self) -> list[tuple[int, int]] | None:
+        """(start, end) character span of each token in the original text of its sequence;
+        (0, 0) for special tokens and padding. None when not requested.
+
+        Built from `spans` on first use, as the Rust tokenizer builds its Python lists on
+        access: a batch keeps two ints a token instead of a tuple each, and code that only
+        needs ids never pays for the tuples (or for the garbage collector scanning them).
+        """
+        if self._offsets is None and self.spans is not None:
+            it = iter(self.spans)
+            self._offsets = list(zip(it, it))
+        return self._offsets
 
 
 @dataclass
@@ -237,7 +252,7 @@ class _Pieces:
     """Token ids and spans of one sequence, before special tokens are added."""
 
     ids: list[int]
-    offsets: list[tuple[int, int]] | None
+    spans: list[int] | None  # flat, two a token: see Encoding.spans
     overflowing: list[_Pieces] = field(default_factory=list)
 
     def truncate(self, max_len: int, stride: int) -> None:
@@ -250,19 +265,19 @@ class _Pieces:
         if max_len >= n:
             return
         if max_len == 0:
-            self.overflowing = [_Pieces(self.ids, self.offsets)]
-            self.ids, self.offsets = [], ([] if self.offsets is not None else None)
+            self.overflowing = [_Pieces(self.ids, self.spans)]
+            self.ids, self.spans = [], ([] if self.spans is not None else None)
             return
         if stride >= max_len:
             raise ValueError(f"stride ({stride}) must be smaller than the room left for this sequence ({max_len})")
         windows = []
         for start in range(0, n, max_len - stride):
             stop = min(start + max_len, n)
-            offs = self.offsets[start:stop] if self.offsets is not None else None
-            windows.append(_Pieces(self.ids[start:stop], offs))
+            spans = self.spans[2 * start:2 * stop] if self.spans is not None else None
+            windows.append(_Pieces(self.ids[start:stop], spans))
             if stop == n:
                 break
-        self.ids, self.offsets = windows[0].ids, windows[0].offsets
+        self.ids, self.spans = windows[0].ids, windows[0].spans
         self.overflowing = windows[1:]
 
 
@@ -505,20 +520,20 @@ class Tokenizer:
         steps.append(pos + 1 - at)
         return tuple(ids), tuple(steps), _marks(len(ids))
 
-    def _encode_text(self, text: str, with_offsets: bool = True) -> tuple[list[int], list[tuple[int, int]] | None]:
-        """Ids (and spans into `text`) of one sequence, no [CLS]/[SEP] added."""
+    def _encode_text(self, text: str, with_offsets: bool = True) -> tuple[list[int], list[int] | None]:
+        """Ids (and flat spans into `text`) of one sequence, no [CLS]/[SEP] added."""
         ids: list[int] = []
-        offsets: list[tuple[int, int]] | None = [] if with_offsets else None
+        spans: list[int] | None = [] if with_offsets else None
         for piece, pos, special in _split_specials(text):
             if special:
                 ids.append(self.vocab[piece])
-                if offsets is not None:
-                    offsets.append((pos, pos + len(piece)))
+                if spans is not None:
+                    spans += (pos, pos + len(piece))
             else:
-                self._encode_piece(piece, pos, ids, offsets)
-        return ids, offsets
+                self._encode_piece(piece, pos, ids, spans)
+        return ids, spans
 
-    def _encode_piece(self, piece: str, base: int, ids: list[int], offsets: list[tuple[int, int]] | None) -> None:
+    def _encode_piece(self, piece: str, base: int, ids: list[int], spans: list[int] | None) -> None:
         """Append ids and spans of `piece` (no special tokens in it), which starts at `base` in its text.
 
         The hot path: every loop below runs in C (map, chain, accumulate), one
@@ -534,10 +549,9 @@ class Tokenizer:
             hits = list(map(fresh.get, chunks, hits))  # dict.get(chunk, default=cached hit)
         chunk_ids, steps, marks = zip(*hits)  # str.split gives at least one chunk
         ids += chain.from_iterable(chunk_ids)
-        if offsets is not None:
+        if spans is not None:
             walk = accumulate(chain.from_iterable(steps), initial=base)
-            positions = compress(walk, chain((0,), chain.from_iterable(marks)))
-            offsets += zip(positions, positions)  # one iterator twice: consecutive (start, end) pairs
+            spans += compress(walk, chain((0,), chain.from_iterable(marks)))  # start, end, start, end, ...
 
     def _remember(self, chunk: str) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         """Encode a chunk seen for the first time, and cache it unless it is long (long ones rarely repeat)."""
@@ -651,7 +665,7 @@ class Tokenizer:
         n, cls, sep = len(a.ids), self.cls_token_id, self.sep_token_id
         ids = [cls, *a.ids, sep]
         sequence_ids: list[int | None] = [None, *[0] * n, None]
-        offsets = [(0, 0), *a.offsets, (0, 0)] if a.offsets is not None else None
+        spans = [0, 0, *a.spans, 0, 0] if a.spans is not None else None
         n_b = 0
         if b is not None:
             n_b = len(b.ids)
@@ -659,11 +673,11 @@ class Tokenizer:
             ids.append(sep)
             sequence_ids += [1] * n_b
             sequence_ids.append(None)
-            if offsets is not None:
-                offsets += b.offsets
-                offsets.append((0, 0))
+            if spans is not None:
+                spans += b.spans
+                spans += (0, 0)
         type_ids = [0] * (n + 2) + [1] * (n_b + 1 if b is not None else 0)
-        return Encoding(ids, type_ids, [1] * len(ids), offsets, sequence_ids)
+        return Encoding(ids, type_ids, [1] * len(ids), spans, sequence_ids)
 
     def _pad(self, enc: Encoding, length: int) -> None:
         missing = length - len(enc.input_ids)
@@ -672,8 +686,9 @@ class Tokenizer:
             enc.token_type_ids += [0] * missing
             enc.attention_mask += [0] * missing
             enc.sequence_ids += [None] * missing
-            if enc.offsets is not None:
-                enc.offsets += [(0, 0)] * missing
+            if enc.spans is not None:
+                enc.spans += [0, 0] * missing
+                enc._offsets = None
 
     # -- ids to text --
 

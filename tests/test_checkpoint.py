@@ -109,6 +109,21 @@ def test_pytorch_model_bin_is_read_safely(tmp_path, minilm):
         BertModel.from_pretrained(tmp_path / "bin")
 
 
+def test_sharded_safetensors_are_read_shard_by_shard(tmp_path):
+    pretrained, d = tiny_dir(tmp_path)
+    state = load_file(d / "model.safetensors")
+    (d / "model.safetensors").unlink()
+    keys = sorted(state)
+    # Split a layer's query/key/value across the two shards: fusing must wait for the second file.
+    cut = keys.index(next(k for k in keys if k.endswith("attention.self.query.weight")))
+    shards = {"model-00001-of-00002.safetensors": keys[:cut], "model-00002-of-00002.safetensors": keys[cut:]}
+    for name, part in shards.items():
+        save_file({k: state[k] for k in part}, d / name)
+    index = {"metadata": {}, "weight_map": {k: name for name, part in shards.items() for k in part}}
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert same_state(BertForPreTraining.from_pretrained(d), pretrained)
+
+
 def test_keys_with_and_without_bert_prefix_and_legacy_names(tmp_path):
     pretrained, d = tiny_dir(tmp_path)
     # Prefixed checkpoint (with heads) into a bare BertModel: heads ignored, encoder identical.

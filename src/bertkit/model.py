@@ -102,7 +102,7 @@ class SelfAttention(nn.Module):
         # Query, key and value in one matmul; checkpoint.py splits it for Hugging Face.
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.attn_dropout_p = config.attention_probs_dropout_prob  # a probability: SDPA applies it
+        self.attn_dropout_p = config.attention_probs_dropout_prob  # a probability: SDPA or dropout() applies it
         self.resid_dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None,

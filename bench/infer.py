@@ -106,17 +106,18 @@ def bertkit_runner(model):
     return run
 
 
-def hf_runner(model, autocast: bool = False):
+def hf_runner(model, autocast: bool = False, device_type: str = "cpu"):
     def run(batch):
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+        ctx = torch.autocast(device_type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
         with ctx:
             h = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         return pool(h, batch["attention_mask"], "mean")
     return run
 
 
-def race(runners: dict, batches: list[dict]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Seconds per contender over all batches, run in turn batch by batch; and their outputs."""
+def race(runners: dict, batches: list[dict], sync=lambda: None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Seconds per contender over all batches, run in turn batch by batch; and their outputs.
+    sync: waits for the device (torch.cuda.synchronize on a GPU, where calls return before the work is done)."""
     seconds = dict.fromkeys(runners, 0.0)
     outputs = {k: [] for k in runners}
     with torch.inference_mode():
@@ -124,10 +125,12 @@ def race(runners: dict, batches: list[dict]) -> tuple[dict[str, float], dict[str
             run(batches[-1])
         for batch in batches:
             for name, run in runners.items():
+                sync()
                 t = time.perf_counter()
                 outputs[name].append(run(batch))
+                sync()
                 seconds[name] += time.perf_counter() - t
-    return seconds, {k: torch.cat(v).float().numpy() for k, v in outputs.items()}
+    return seconds, {k: torch.cat(v).float().cpu().numpy() for k, v in outputs.items()}
 
 
 def cosine_min(a: np.ndarray, b: np.ndarray) -> float:

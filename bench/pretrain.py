@@ -1,6 +1,7 @@
 """Pre-training step benchmark: bertkit vs transformers' BertForPreTraining, same process, same batch.
 
     flock /tmp/bertkit-bench.lock .venv/bin/python bench/pretrain.py
+    python bench/pretrain.py --device cuda --batch-size 128      # on a GPU
 
 A MiniLM-size model (6 layers, hidden 384, 12 heads, FFN 1536, bert-base-uncased vocabulary) is
 built by bertkit, saved, and loaded by transformers, so both hold identical weights. One batch of
@@ -35,7 +36,7 @@ def minilm_dir() -> Path:
     return resolve("sentence-transformers/all-MiniLM-L6-v2")
 
 
-def make_batch(batch_size: int, seq: int, tmp: Path) -> tuple[dict, str]:
+def make_batch(batch_size: int, seq: int, tmp: Path, vocab_dir: Path | None = None) -> tuple[dict, str]:
     from bertkit.data import MaskedBatches, Masker, MaskingConfig, PretrainingData, prepare
     from bertkit.tokenizer import Tokenizer
 
@@ -43,7 +44,7 @@ def make_batch(batch_size: int, seq: int, tmp: Path) -> tuple[dict, str]:
     if imdb.is_file():
         with open(imdb, encoding="utf-8") as f:
             (tmp / "c.jsonl").write_text("".join(next(f) for _ in range(200)), encoding="utf-8")
-        prepare(minilm_dir(), [tmp / "c.jsonl"], tmp / "shards", max_seq_length=seq, workers=1, progress=False)
+        prepare(vocab_dir or minilm_dir(), [tmp / "c.jsonl"], tmp / "shards", max_seq_length=seq, workers=1, progress=False)
         data = PretrainingData(tmp / "shards")
         tok = Tokenizer.from_pretrained(tmp / "shards")
         full = [i for i in range(len(data)) if data.length(i) == seq]  # the common case: filled sequences
@@ -77,7 +78,10 @@ def main() -> None:
     ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--json", default=None, help="append the results as one JSON line to this file")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--vocab", default=None, help="directory with vocab.txt (default: all-MiniLM-L6-v2's)")
     args = ap.parse_args()
+    device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -88,14 +92,17 @@ def main() -> None:
     from bertkit.train import TrainConfig, build_optimizer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-pretrain-"))
-    batch, source = make_batch(args.batch_size, args.seq, tmp)
+    batch, source = make_batch(args.batch_size, args.seq, tmp, Path(args.vocab) if args.vocab else None)
     hbatch = hf_batch(batch)
+    batch, hbatch = ({k: v.to(device) for k, v in b.items()} for b in (batch, hbatch))
     torch.manual_seed(0)
     config = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
                         intermediate_size=1536)
     bk = BertForPreTraining(config)
     bk.save_pretrained(tmp / "model")
-    hf = transformers.BertForPreTraining.from_pretrained(tmp / "model")
+    hf = transformers.BertForPreTraining.from_pretrained(tmp / "model").to(device)
+    bk.to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     # 1. Same weights, same batch, dropout off: the same losses.
     bk.eval(), hf.eval()
@@ -105,22 +112,26 @@ def main() -> None:
     hf_nsp = torch.nn.functional.cross_entropy(b.seq_relationship_logits, hbatch["next_sentence_label"])
     print(f"batch: {args.batch_size} x {args.seq} ({source}), {int(batch['attention_mask'].sum())} real tokens, "
           f"{int((batch['masked_lm_labels'] != -100).sum())} MLM targets; torch {torch.__version__}, "
-          f"transformers {transformers.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+          f"transformers {transformers.__version__}, "
+          + (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"))
     print(f"loss  bertkit {a['loss'].item():.6f} (mlm {a['mlm_loss'].item():.6f} nsp {a['nsp_loss'].item():.6f})  "
           f"transformers {b.loss.item():.6f} (mlm {hf_mlm.item():.6f} nsp {hf_nsp.item():.6f})  "
           f"|diff| {abs(a['loss'].item() - b.loss.item()):.2e}")
 
     # 2. Training steps, alternating between the two models.
     tokens = float(batch["attention_mask"].sum())
-    results = {"source": source, "loss_bertkit": a["loss"].item(), "loss_transformers": b.loss.item(), "dtypes": {}}
+    results = {"device": args.device, "batch": [args.batch_size, args.seq], "source": source,
+               "loss_bertkit": a["loss"].item(), "loss_transformers": b.loss.item(), "dtypes": {}}
     for dtype in args.dtypes:
-        cast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bf16" else contextlib.nullcontext
+        cast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if dtype == "bf16" else contextlib.nullcontext
         runs = {}
         for name, model, inputs in (("bertkit", bk, batch), ("transformers", hf, hbatch)):
             model.train()
-            opt = build_optimizer(model, TrainConfig(lr=1e-4), torch.device("cpu"))  # the engine's, for both
+            opt = build_optimizer(model, TrainConfig(lr=1e-4), device)  # the engine's, for both
 
             def step(model=model, inputs=inputs, opt=opt) -> float:
+                sync()
                 t0 = time.perf_counter()
                 with cast():
                     out = model(**inputs)
@@ -129,6 +140,7 @@ def main() -> None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
+                sync()
                 return time.perf_counter() - t0
 
             runs[name] = {"step": step, "times": []}

@@ -15,6 +15,10 @@ the accuracy of always guessing the most frequent held-out target token.
 With --parallel (the default) the two runs go side by side, one thread each, for --minutes of
 wall-clock: equal hardware for both, half the time of running them one after another.
 The curves go to OUT/race.png, the figures to OUT/race.json.
+
+On a GPU (--device cuda) the two runs share the device side by side the same way; there the
+engine builds the next batch in a background thread while the GPU works on this one, and the
+plain loop builds it in between, as such loops usually do.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ def initial_model(out: Path) -> Path:
 
     path = out / "init"
     if not (path / "model.safetensors").is_file():
-        tok = Tokenizer.from_pretrained(minilm_dir())
+        tok = Tokenizer.from_pretrained(out / "train")  # the vocabulary the data was prepared with
         torch.manual_seed(0)
         BertForPreTraining(BertConfig.preset("mini", vocab_size=len(tok.vocab))).save_pretrained(path)
         tok.save_pretrained(path)
@@ -86,7 +90,8 @@ def run_transformers(args, out: Path) -> None:
     from bertkit.train import param_groups  # the recipe's decay groups: no decay on biases and LayerNorm
 
     torch.manual_seed(args.seed)
-    model = transformers.BertForPreTraining.from_pretrained(out / "init")
+    device = torch.device(args.device)
+    model = transformers.BertForPreTraining.from_pretrained(out / "init").to(device)
     train = batches(out / "train", None, args.batch_size, args.seed, shuffle=True)
     heldout = batches(out / "heldout", list(range(args.eval_instances)), 64, args.seed + 1, shuffle=False)
     opt = torch.optim.AdamW(param_groups(model, 0.01), lr=args.lr, eps=1e-6, fused=True)
@@ -97,7 +102,7 @@ def run_transformers(args, out: Path) -> None:
         model.eval()
         correct = total = nsp_correct = seqs = 0
         for i in range(len(heldout)):
-            b = hf_batch(heldout[i])
+            b = {k: v.to(device) for k, v in hf_batch(heldout[i]).items()}
             labels, nsp = b.pop("labels"), b.pop("next_sentence_label")
             o = model(**b)
             real = labels != -100
@@ -115,13 +120,15 @@ def run_transformers(args, out: Path) -> None:
         train.set_epoch(epoch)
         for i in range(len(train)):
             t0 = time.perf_counter()
-            o = model(**hf_batch(train[i]))
+            o = model(**{k: v.to(device) for k, v in hf_batch(train[i]).items()})
             o.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1
+            if device.type == "cuda":
+                torch.cuda.synchronize()  # charge the step its GPU time
             elapsed += time.perf_counter() - t0
             done = elapsed >= args.minutes * 60 or step >= args.steps
             if step % args.eval_every == 0 or done:
@@ -139,7 +146,8 @@ def run_bertkit(args, out: Path) -> subprocess.Popen:
            f"train.lr={args.lr}", f"train.warmup={args.warmup}", f"train.max_steps={args.steps}",
            f"train.max_minutes={args.minutes}", f"train.eval_every={args.eval_every}",
            f"train.save_every={args.eval_every * 5}", f"train.seed={args.seed}", "train.progress=false",
-           f"train.out_dir={out / 'bertkit'}", "train.keep_best=false", "train.log_every=50"]
+           f"train.out_dir={out / 'bertkit'}", "train.keep_best=false", "train.log_every=50",
+           f"train.device={args.device}"]
     return subprocess.Popen(cmd, env=_env(args))
 
 
@@ -198,6 +206,7 @@ def main() -> None:
     ap.add_argument("--eval-instances", type=int, default=1000)
     ap.add_argument("--heldout-reviews", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (both runs)")
     ap.add_argument("--sequential", dest="parallel", action="store_false",
                     help="run one after the other with all threads (twice the wall-clock)")
     ap.add_argument("--out", default="runs/race")

@@ -13,6 +13,7 @@ from conftest import data_path
 from bertkit.cli import main
 from bertkit.infer import Embedder, cast_model, embed, pool
 from bertkit.model import BertModel
+from bertkit.tokenizer import Tokenizer
 
 N_SST2 = 40
 
@@ -166,6 +167,11 @@ def test_cli_writes_npy_and_jsonl(minilm, texts, fp32, tmp_path, capsys):
     assert [r["line"] for r in rows] == [1, 2, 3, 4, 5, 6]
     cls = Embedder.from_pretrained(minilm, pooling="cls")(texts[:6])
     np.testing.assert_allclose(np.array([r["embedding"] for r in rows]), cls, atol=1e-5)
+
+
+def test_int8_on_a_gpu_is_a_clear_error(minilm):
+    with pytest.raises(ValueError, match="int8 runs on the CPU only"):
+        Embedder(BertModel.from_pretrained(minilm), Tokenizer.from_pretrained(minilm), dtype="int8", device="cuda")
 
 
 def test_cli_bad_input_is_one_clear_line(minilm, tmp_path, capsys):

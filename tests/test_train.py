@@ -250,3 +250,27 @@ def test_time_box_stops_evaluates_and_saves_then_resume_goes_on(tmp_path):
     cfg.max_minutes = 60.0  # a larger box: the resumed run goes on to the end of its schedule
     rest = train(make(seed=5), Batches(feats, 4), cfg, evaluate, resume=True)
     assert rest.step == 20
+
+
+def test_prefetched_batches_keep_order_errors_and_stop_when_abandoned():
+    import threading
+
+    from bertkit.train import _prefetched
+
+    assert list(_prefetched(iter(range(50)))) == list(range(50))
+
+    def failing():
+        yield 1
+        raise OSError("shard-00003: truncated")
+
+    it = _prefetched(failing())
+    assert next(it) == 1
+    with pytest.raises(OSError, match="shard-00003"):
+        next(it)
+    it = _prefetched(iter(range(10**6)))  # a run stopped mid-epoch leaves the producer behind
+    assert next(it) == 0
+    it.close()
+    threads = [t for t in threading.enumerate() if t.name == "bertkit-prefetch"]
+    for t in threads:
+        t.join(timeout=2)
+    assert not any(t.is_alive() for t in threads)

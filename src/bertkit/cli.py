@@ -216,6 +216,7 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
                    help="texts over max-length: keep the start, or average overlapping windows")
     p.add_argument("--stride", type=int, default=None, help="tokens shared by consecutive windows")
     p.add_argument("--normalize", action="store_true", help="unit-length vectors")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (int8 is CPU-only)")
     p.add_argument("--no-progress", action="store_true")
 
     def run(a):
@@ -223,7 +224,7 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
 
         embed_file(a.model, a.input, a.output, pooling=a.pooling, batch_size=a.batch_size, dtype=a.dtype,
                    max_length=a.max_length, long_inputs=a.long_inputs, stride=a.stride, normalize=a.normalize,
-                   progress=not a.no_progress)
+                   device=a.device, progress=not a.no_progress)
 
     p.set_defaults(func=run)
 

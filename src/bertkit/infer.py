@@ -125,8 +125,9 @@ class Embedder:
 
     def __init__(self, model: nn.Module, tokenizer: Tokenizer, *, dtype: str = "fp32", pooling: str = "mean",
                  max_length: int | None = None, long_inputs: str = "truncate", stride: int | None = None,
-                 normalize: bool = False, inplace: bool = False):
-        """inplace: convert `model` itself to `dtype` instead of a copy (see cast_model)."""
+                 normalize: bool = False, inplace: bool = False, device: str = "cpu"):
+        """inplace: convert `model` itself to `dtype` instead of a copy (see cast_model).
+        device: where the encoder runs ("cpu", "cuda", "cuda:1", ...); vectors always come back on the CPU."""
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
         if long_inputs not in LONG_INPUTS:
@@ -140,7 +141,10 @@ class Embedder:
         stride = (max_length - 2) // 4 if stride is None else stride
         if not 0 <= stride < max_length - 2:
             raise ValueError(f"stride must be between 0 and max_length - 3 ({max_length - 3}), got {stride}")
-        self.model = cast_model(model, dtype, inplace=inplace)
+        self.device = torch.device(device)
+        if dtype == "int8" and self.device.type != "cpu":
+            raise ValueError(f"dtype int8 runs on the CPU only (torch's dynamic quantization), not on {device!r}")
+        self.model = cast_model(model, dtype, inplace=inplace).to(self.device)
         self.tokenizer = tokenizer
         self.dtype, self.pooling, self.max_length = dtype, pooling, max_length
         self.long_inputs, self.stride, self.normalize = long_inputs, stride, normalize
@@ -182,8 +186,9 @@ class Embedder:
         bar = tqdm(total=len(features), unit="seq", desc="embed", disable=not progress, file=sys.stderr)
         for idx in length_batches(lengths, batch_size):
             batch = collate([features[i] for i in idx])
-            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            vectors[idx] = pool(out.last_hidden_state, batch["attention_mask"], self.pooling).numpy()
+            ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+            out = self.model(input_ids=ids, attention_mask=mask)
+            vectors[idx] = pool(out.last_hidden_state, mask, self.pooling).cpu().numpy()
             bar.update(len(idx))
         bar.close()
         if len(features) != len(texts):  # windows: token-weighted mean of each text's windows
@@ -201,7 +206,7 @@ class Embedder:
 def embed(texts: Sequence[str], model: str | os.PathLike | nn.Module | Embedder = DEFAULT_MODEL, *,
           tokenizer: Tokenizer | None = None, pooling: str = "mean", batch_size: int = 32, dtype: str = "fp32",
           max_length: int | None = None, long_inputs: str = "truncate", stride: int | None = None,
-          normalize: bool = False, progress: bool = False) -> np.ndarray:
+          normalize: bool = False, progress: bool = False, device: str = "cpu") -> np.ndarray:
     """Embed texts -> float32 [len(texts), hidden], in input order.
 
     model: a checkpoint directory or installed model name (loaded each call:
@@ -211,7 +216,7 @@ def embed(texts: Sequence[str], model: str | os.PathLike | nn.Module | Embedder 
     if isinstance(model, Embedder):
         return model(texts, batch_size=batch_size, progress=progress)
     options = dict(dtype=dtype, pooling=pooling, max_length=max_length, long_inputs=long_inputs, stride=stride,
-                   normalize=normalize)
+                   normalize=normalize, device=device)
     if isinstance(model, nn.Module):
         if tokenizer is None:
             raise ValueError("a loaded model needs its tokenizer: embed(texts, model, tokenizer=...)")
@@ -249,10 +254,10 @@ def token_vectors(texts: Sequence[str], token: str,
         if token_id not in ids:
             raise ValueError(f"text {i} ({text[:40]!r}) has no word piece {token!r}")
         features.append({"input_ids": ids, "attention_mask": [1] * len(ids)})
-    batch = collate(features)
+    batch = {k: v.to(embedder.device) for k, v in collate(features).items()}
     hidden = embedder.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     positions = torch.tensor([f["input_ids"].index(token_id) for f in features])  # [texts]
-    return hidden[torch.arange(len(features)), positions].float().numpy()  # [texts, hidden]
+    return hidden[torch.arange(len(features)), positions].float().cpu().numpy()  # [texts, hidden]
 
 
 def cosine_matrix(vectors: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
 import random
 import shutil
 import signal
@@ -268,6 +269,43 @@ def _rank_batches(batches: Iterable, start: int, stop: int, rank: int, world: in
             return
         if g % world == rank and g // world >= start:
             yield batch
+
+
+def _prefetched(batches: Iterator[dict], depth: int = 2) -> Iterator[dict]:
+    """`batches`, built `depth` ahead in a background thread.
+
+    For GPUs: the CPU builds (masks, collates) the next batch while the device runs this one,
+    instead of the device idling through it. Only for sources whose batch i depends on i alone
+    (the pre-training loader seeds each batch from its index), so the order and the contents,
+    and therefore resumption, are those of the plain iterator.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = threading.Event()
+    end = object()
+
+    def fill() -> None:
+        try:
+            for item in batches:
+                while not done.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if done.is_set():
+                    return
+            q.put(end)
+        except BaseException as e:  # re-raised in the consumer, with its traceback
+            q.put(e)
+
+    threading.Thread(target=fill, daemon=True, name="bertkit-prefetch").start()
+    try:
+        while (item := q.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        done.set()
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -580,6 +618,8 @@ class _Trainer:
                     self.epoch, self.micro = self.epoch + 1, 0
                 self.batches.set_epoch(self.epoch)
                 it = _rank_batches(self.batches, self.micro, self.micro_per_epoch, self.d.rank, self.d.world)
+                if self.d.device.type == "cuda" and hasattr(self.batches, "__getitem__"):
+                    it = _prefetched(it)
                 while self.micro < self.micro_per_epoch and self.step < self.total_steps:
                     t0 = time.perf_counter()
                     window = min(cfg.grad_accum_steps, self.micro_per_epoch - self.micro)

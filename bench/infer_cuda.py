@@ -5,7 +5,9 @@
 bench/infer.py's method on a CUDA device: identical weights (built by bertkit, saved in the
 Hugging Face layout, loaded by each library), the very same length-sorted batches for the model
 race (batch 128, max 128 tokens; the device is synchronised around every batch so each side is
-charged its own work), contenders alternating batch by batch. Modes: fp32 (TF32 off, torch's
+charged its own work), contenders alternating batch by batch, after an untimed pass over every
+batch (the first call of each shape loads and picks kernels: without it, whichever contender
+meets a bf16 shape first pays ~10x). Modes: fp32 (TF32 off, torch's
 default), bf16 weights on both sides, and transformers under bf16 autocast. Then end to end,
 texts in and vectors out: bertkit's Embedder(device="cuda") (its Python tokenizer included)
 against SentenceTransformer.encode on the same device. Figures are real tokens per second.
@@ -77,6 +79,10 @@ def main() -> None:
             batches = [{k: v.to(device) for k, v in b.items()}
                        for b in make_batches(tokenizer, items, args.batch_size, args.max_length)]
             real = int(sum(b["attention_mask"].sum() for b in batches))
+            with torch.inference_mode():  # warm-up on every shape: cuBLAS picks and loads kernels per shape
+                for run in contenders.values():
+                    for b in batches:
+                        run(b)
             seconds, outs = race(contenders, batches, sync)
             print(f"### {data}: {len(items)} texts, {len(batches)} batches, {real} real tokens")
             for who, s in seconds.items():

@@ -200,16 +200,18 @@ class _Dist:
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
+    group: bool = False  # a process group is in use (launched by torchrun): the model is wrapped in DDP
     owns_group: bool = False  # we called init_process_group, so we destroy it
 
     @classmethod
     def setup(cls, device: str) -> "_Dist":
-        world = int(os.environ.get("WORLD_SIZE", "1"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if device == "auto":
             device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
         dev = torch.device(device)
-        if world == 1:
+        # torchrun sets RANK, even for one process: then run as a group of one, so that
+        # `torchrun --nproc_per_node=1` exercises the same DDP/NCCL path as a bigger run.
+        if "RANK" not in os.environ:
             return cls(device=dev)
         import torch.distributed as dist
 
@@ -219,7 +221,10 @@ class _Dist:
                 torch.cuda.set_device(dev)
             dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
             owns = True
-        return cls(rank=dist.get_rank(), world=dist.get_world_size(), device=dev, owns_group=owns)
+        d = cls(rank=dist.get_rank(), world=dist.get_world_size(), device=dev, group=True, owns_group=owns)
+        if d.rank == 0:
+            print(f"distributed: {d.world} process(es), backend {dist.get_backend()}, rank 0 on {dev}", flush=True)
+        return d
 
     def sum(self, values: list[float]) -> list[float]:
         """Element-wise sum over ranks (a no-op for one process)."""
@@ -419,7 +424,7 @@ class _Trainer:
                           "runs many times slower than fp32 here", stacklevel=3)
         seed_everything(cfg.seed + dist_.rank)
         self.core = model.to(dist_.device)
-        if dist_.world > 1:
+        if dist_.group:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [dist_.device.index] if dist_.device.type == "cuda" else None
@@ -564,7 +569,7 @@ class _Trainer:
     def _micro_step(self, batch: dict, window: int, sync: bool) -> tuple[float, float, dict]:
         tokens = _count_tokens(batch)  # before the copy: no device sync for a count
         batch = _to_device(batch, self.d.device)
-        no_sync = self.model.no_sync if (self.d.world > 1 and not sync) else nullcontext
+        no_sync = self.model.no_sync if (self.d.group and not sync) else nullcontext
         with no_sync():
             with _autocast(self.cfg, self.d.device):
                 out = self.model(**batch)

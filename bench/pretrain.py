@@ -58,6 +58,41 @@ def make_batch(batch_size: int, seq: int, tmp: Path, vocab_dir: Path | None = No
             "next_sentence_label": torch.randint(0, 2, (batch_size,), generator=g)}, "random ids"
 
 
+def batch_build_race(tmp: Path, batch_size: int, repeats: int = 30) -> dict[str, float]:
+    """Median ms to build one masked batch: bertkit's MaskedBatches vs transformers' collator."""
+    import transformers
+
+    from bertkit.data import MaskedBatches, Masker, MaskingConfig, PretrainingData
+    from bertkit.tokenizer import Tokenizer
+
+    data = PretrainingData(tmp / "shards")
+    tok = Tokenizer.from_pretrained(tmp / "shards")
+    n = min(len(data), batch_size * repeats)
+    ours = MaskedBatches(data, list(range(n)), batch_size, Masker(MaskingConfig(), tok.vocab, tok.special_ids,
+                                                                   tok.mask_token_id), seed=0)
+    hf_tok = transformers.BertTokenizerFast(vocab_file=str(tmp / "shards" / "vocab.txt"))
+    collator = transformers.DataCollatorForLanguageModeling(hf_tok, mlm_probability=0.15)
+    features = []
+    for idx in ours.order:
+        features.append([])
+        for j in idx:
+            ids, a_end, _ = data[j]
+            features[-1].append({"input_ids": ids.tolist(), "token_type_ids": [0] * a_end + [1] * (len(ids) - a_end)})
+    times = {"bertkit": [], "transformers": []}
+    for i in range(len(ours)):
+        t = time.perf_counter()
+        ours[i]
+        times["bertkit"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        collator(features[i])
+        times["transformers"].append(time.perf_counter() - t)
+    med = {k: 1000 * sorted(v)[len(v) // 2] for k, v in times.items()}
+    print(f"batch build ({batch_size} instances, {len(ours)} batches): bertkit MaskedBatches {med['bertkit']:.1f} ms   "
+          f"transformers DataCollatorForLanguageModeling {med['transformers']:.1f} ms   "
+          f"ratio {med['transformers'] / med['bertkit']:.2f}x")
+    return med
+
+
 def hf_batch(batch: dict) -> dict:
     """The same targets in transformers' form: full-length labels, -100 where nothing is predicted."""
     labels = torch.full_like(batch["input_ids"], -100)
@@ -159,6 +194,10 @@ def main() -> None:
         results["dtypes"][dtype] = {"bertkit_tok_s": tps["bertkit"], "transformers_tok_s": tps["transformers"],
                                     "ratio": ratio, "bertkit_ms": med["bertkit"] * 1000,
                                     "transformers_ms": med["transformers"] * 1000}
+    # 3. The data path: one masked batch of --batch-size instances, bertkit's loader against
+    #    transformers' DataCollatorForLanguageModeling (padding + 80/10/10 masking) on the same instances.
+    if source == "IMDB":
+        results["batch_build_ms"] = batch_build_race(tmp, args.batch_size)
     if args.json:
         with open(args.json, "a") as f:
             f.write(json.dumps(results) + "\n")

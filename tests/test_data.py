@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from bertkit.batching import collate
 from bertkit.data import (CorpusStats, MaskedBatches, Masker, MaskingConfig, PretrainingData, prepare,
                           read_documents, split_sentences)
 from bertkit.data.instances import document_instances, truncate_seq_pair
@@ -272,3 +274,31 @@ def test_masked_batches_are_a_function_of_seed_epoch_and_index(prepared):
     assert not all(first[k].shape == b[2][k].shape and (first[k] == b[2][k]).all() for k in first)
     seen = sorted(i for batch in b.order for i in batch)
     assert seen == list(range(len(data)))
+
+
+def test_masked_batches_stack_like_collate_and_match_their_instances(prepared):
+    """The batch is built as whole arrays: each row must still be its instance, masked, in collate's layout."""
+    m, tok = masker()
+    data = PretrainingData(prepared[0] / "out")
+    b = MaskedBatches(data, list(range(len(data))), 8, m, seed=5)
+    for i in range(len(b)):
+        batch = b[i]
+        features = []
+        for row, j in enumerate(b.order[i]):
+            ids, a_end, nsp = data[j]
+            n = len(ids)
+            pos, lab = batch["masked_positions"][row].numpy(), batch["masked_lm_labels"][row].numpy()
+            target = lab != -100
+            assert target.sum() == min(20, max(1, round(n * 0.15))) and np.all(np.diff(pos[target]) > 0)
+            assert np.array_equal(lab[target], ids[pos[target]])
+            masked = batch["input_ids"][row, :n].numpy()
+            untouched = np.ones(n, dtype=bool)
+            untouched[pos[target]] = False
+            assert np.array_equal(masked[untouched], ids[untouched])
+            features.append({"input_ids": masked.tolist(), "token_type_ids": [0] * a_end + [1] * (n - a_end),
+                             "attention_mask": [1] * n, "masked_positions": pos.tolist(),
+                             "masked_lm_labels": lab.tolist(), "next_sentence_label": nsp})
+        expected = collate(features)
+        assert set(expected) == set(batch)
+        for key in expected:
+            assert batch[key].dtype == expected[key].dtype and torch.equal(batch[key], expected[key]), key

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bertkit.batching import collate, length_batches
+from bertkit.batching import length_batches
 from bertkit.data.shards import PretrainingData
 
 
@@ -45,31 +45,67 @@ class Masker:
         self.replacements = np.flatnonzero(~self.special)  # random replacements are never special tokens
 
     def __call__(self, ids: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """ids [seq] -> (masked ids [seq], positions [k], original ids [k]), positions ascending."""
-        candidates = np.flatnonzero(~self.special[ids])
-        n_predict = min(self.cfg.max_predictions, max(1, int(round(len(ids) * self.cfg.probability))))
+        """One sequence: ids [seq] -> (masked ids [seq], positions [k], original ids [k]), positions ascending."""
+        masked, positions, labels = self.batch(ids[None], np.array([len(ids)]), rng)
+        n = int((labels[0] != -100).sum())
+        return masked[0], positions[0, :n], labels[0, :n]
+
+    def batch(self, ids: np.ndarray, lengths: np.ndarray,
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A padded batch at once: ids [batch, seq] (real tokens first, then padding), lengths [batch] ->
+        (masked ids [batch, seq], positions [batch, max_predictions] ascending then 0-padded,
+        original ids at those positions [batch, max_predictions], -100-padded).
+
+        Whole arrays instead of a loop over sequences: building a batch of 128 went from ~30 ms of
+        Python to a few ms, which is what a GPU waits for between steps.
+        """
+        b, seq = ids.shape
+        k = self.cfg.max_predictions
+        real = np.arange(seq) < lengths[:, None]  # [batch, seq]
+        candidate = real & ~self.special[ids]
+        n_predict = np.minimum(k, np.maximum(1, np.rint(lengths * self.cfg.probability).astype(np.int64)))
+        n_predict = np.minimum(n_predict, candidate.sum(1))  # a short sequence may have fewer candidates
         if self.cfg.whole_word:
-            # A word starts at a non-"##" piece, or wherever the previous position is not a candidate.
-            follows = np.r_[False, candidates[1:] == candidates[:-1] + 1]
-            starts = np.flatnonzero(~self.continuation[ids[candidates]] | ~follows)
-            words = np.split(candidates, starts[1:])  # [positions of one word, ...]
-            chosen: list[int] = []
-            for w in rng.permutation(len(words)):
-                if len(chosen) >= n_predict:
-                    break
-                if len(chosen) + len(words[w]) <= n_predict:
-                    chosen.extend(words[w].tolist())
-            positions = np.sort(np.asarray(chosen, dtype=np.int64))
+            chosen = np.full((b, k), seq)
+            for r in range(b):
+                words = self._whole_words(ids[r], candidate[r], n_predict[r], rng)
+                chosen[r, :len(words)] = words
         else:
-            positions = np.sort(rng.permutation(candidates)[:n_predict])
-        labels = ids[positions].copy()
+            # A uniform random subset of each row's candidates: the n smallest of random keys.
+            keys = np.where(candidate, rng.random((b, seq)), 2.0)
+            chosen = np.argsort(keys, axis=1)[:, :k]
+            chosen = np.where(np.arange(chosen.shape[1]) < n_predict[:, None], chosen, seq)
+        positions = np.sort(chosen, axis=1)  # targets ascending, then `seq` for "none"
+        if positions.shape[1] < k:  # sequences shorter than max_predictions
+            positions = np.pad(positions, ((0, 0), (0, k - positions.shape[1])), constant_values=seq)
+        target = positions < seq  # [batch, k]
+        rows = np.broadcast_to(np.arange(b)[:, None], target.shape)
+        rows, cols = rows[target], positions[target]
+        labels = np.full((b, k), -100, dtype=np.int64)
+        labels[target] = ids[rows, cols]
         masked = ids.copy()
-        r = rng.random(len(positions))
+        r = rng.random(len(cols))
         to_mask = r < self.cfg.mask_fraction
         to_random = (r >= self.cfg.mask_fraction) & (r < self.cfg.mask_fraction + self.cfg.random_fraction)
-        masked[positions[to_mask]] = self.mask_id
-        masked[positions[to_random]] = rng.choice(self.replacements, int(to_random.sum()))
-        return masked, positions, labels
+        masked[rows[to_mask], cols[to_mask]] = self.mask_id
+        masked[rows[to_random], cols[to_random]] = rng.choice(self.replacements, int(to_random.sum()))
+        return masked, np.where(target, positions, 0), labels
+
+    def _whole_words(self, ids: np.ndarray, candidate: np.ndarray, n_predict: int,
+                     rng: np.random.Generator) -> list[int]:
+        """Positions of whole words (all their pieces), in random word order, while they fit n_predict."""
+        candidates = np.flatnonzero(candidate)
+        # A word starts at a non-"##" piece, or wherever the previous position is not a candidate.
+        follows = np.r_[False, candidates[1:] == candidates[:-1] + 1]
+        starts = np.flatnonzero(~self.continuation[ids[candidates]] | ~follows)
+        words = np.split(candidates, starts[1:])  # [positions of one word, ...]
+        chosen: list[int] = []
+        for w in rng.permutation(len(words)):
+            if len(chosen) >= n_predict:
+                break
+            if len(chosen) + len(words[w]) <= n_predict:
+                chosen.extend(words[w].tolist())
+        return chosen
 
 
 class MaskedBatches:
@@ -97,22 +133,25 @@ class MaskedBatches:
         return len(self.order)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        """Batch i of this epoch, as collate would stack it (padding 0, int64), built as whole arrays."""
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        k = self.masker.cfg.max_predictions
-        features = []
-        for j in self.order[i]:
-            ids, a_end, is_random_next = self.data[self.indices[j]]
-            masked, positions, labels = self.masker(ids, rng)
-            pad = k - len(positions)
-            features.append({
-                "input_ids": masked.tolist(),
-                "token_type_ids": [0] * a_end + [1] * (len(ids) - a_end),
-                "attention_mask": [1] * len(ids),
-                "masked_positions": positions.tolist() + [0] * pad,
-                "masked_lm_labels": labels.tolist() + [-100] * pad,
-                "next_sentence_label": is_random_next,
-            })
-        return collate(features)
+        instances = [self.data[self.indices[j]] for j in self.order[i]]
+        lengths = np.array([len(ids) for ids, _, _ in instances])
+        ids = np.zeros((len(instances), lengths.max()), dtype=np.int64)  # [batch, seq]
+        for row, (x, _, _) in enumerate(instances):
+            ids[row, : len(x)] = x
+        a_end = np.array([a for _, a, _ in instances])
+        masked, positions, labels = self.masker.batch(ids, lengths, rng)
+        col = np.arange(ids.shape[1])
+        real = col < lengths[:, None]
+        return {
+            "input_ids": torch.from_numpy(masked),
+            "token_type_ids": torch.from_numpy((real & (col >= a_end[:, None])).astype(np.int64)),
+            "attention_mask": torch.from_numpy(real.astype(np.int64)),
+            "masked_positions": torch.from_numpy(positions),
+            "masked_lm_labels": torch.from_numpy(labels),
+            "next_sentence_label": torch.tensor([nsp for _, _, nsp in instances], dtype=torch.long),
+        }
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))

@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test setup dev clean
+.PHONY: demo test lint setup dev clean
 
 # Pinned CPU torch goes in first: an unpinned torch would pull a multi-GB CUDA build.
 $(VENV)/.base: pyproject.toml
@@ -26,7 +26,13 @@ demo: $(VENV)/.base
 	$(VENV)/bin/bertkit demo
 
 test: $(VENV)/.dev
+	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache

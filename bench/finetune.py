@@ -18,12 +18,11 @@ Results are appended as JSON lines to --results.
 
 from __future__ import annotations
 
-import sys
-
 import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ GOALS = {"sst2": ("accuracy", 0.90), "mrpc": ("f1", None), "rte": ("accuracy", N
 
 
 def minilm_dir() -> Path:
-    from bertkit.checkpoint import resolve
+    from bertkit.hub import resolve
 
     return resolve("sentence-transformers/all-MiniLM-L6-v2")
 
@@ -51,7 +50,8 @@ def run_bertkit(task: str, args, out: Path) -> dict:
                  max_length=args.max_length, seed=args.seed, data_dir=args.data_dir, bf16=args.bf16,
                  freeze_encoder=args.freeze_encoder, progress=not args.quiet)
     wall = time.perf_counter() - t0
-    result = {"impl": "bertkit (frozen encoder)" if args.freeze_encoder else "bertkit", "task": task, "metric": s["metric"], "best": s["best"], "epochs": s["epochs"],
+    result = {"impl": "bertkit (frozen encoder)" if args.freeze_encoder else "bertkit", "task": task,
+              "metric": s["metric"], "best": s["best"], "epochs": s["epochs"],
               "train_examples": s["train_examples"], "dev_examples": s["dev_examples"],
               "train_seconds": s["train_seconds"], "wall_seconds": wall, "settings": s["settings"]}
     if task == "conll2003":  # model picked on testa (dev); the reported figure is testb (test)
@@ -62,8 +62,13 @@ def run_bertkit(task: str, args, out: Path) -> dict:
 def run_hf_trainer(args, sampling: str, out: Path) -> dict:
     """SST-2 with transformers' Trainer on bertkit's features (identical token ids)."""
     import transformers
-    from transformers import (BertForSequenceClassification, BertTokenizerFast, DataCollatorWithPadding, Trainer,
-                              TrainingArguments)
+    from transformers import (
+        BertForSequenceClassification,
+        BertTokenizerFast,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
 
     from bertkit.tasks.datasets import TASKS
     from bertkit.tasks.finetune import Prepared, _limit

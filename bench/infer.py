@@ -18,26 +18,26 @@ Peak memory is measured in fresh subprocesses (VmHWM), one per contender.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
+import sys
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
+from pathlib import Path
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bertkit.batching import collate, length_batches  # noqa: E402
-from bertkit.checkpoint import resolve  # noqa: E402
 from bertkit.config import BertConfig  # noqa: E402
-from bertkit.infer import DTYPES, Embedder, cast_model, pool  # noqa: E402
-from bertkit.model import BertModel  # noqa: E402
+from bertkit.heads import BertModel  # noqa: E402
+from bertkit.hub import resolve  # noqa: E402
+from bertkit.infer import Embedder, pool  # noqa: E402
+from bertkit.precision import DTYPES, cast_model  # noqa: E402
 from bertkit.tokenizer import Tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -327,12 +327,14 @@ def main() -> None:
                 bench_model(label, model_dir, texts, pk, args, report, cut)
                 bench_end_to_end(label, model_dir, [t for v in texts.values() for t in v], args, report)
             if not args.no_memory:
-                print(f"### peak memory, {label}: one batch of {args.batch_size} IMDB reviews at {args.max_length} tokens, "
+                print(f"### peak memory, {label}: one batch of {args.batch_size} IMDB reviews "
+                      f"at {args.max_length} tokens, "
                       "a fresh process each; MB above the RSS after imports + data")
                 for who, dtype in (("transformers", "fp32"), ("transformers", "bf16"), ("bertkit", "fp32"),
                                    ("bertkit", "bf16"), ("bertkit", "int8")):
                     m = measure_memory(who, model_dir, dtype, args)
-                    print(f"  {who:12} {dtype}: {m['model_and_run_mb']:7.0f} MB (of which loading {m['load_mb']:.0f} MB; "
+                    print(f"  {who:12} {dtype}: {m['model_and_run_mb']:7.0f} MB "
+                          f"(of which loading {m['load_mb']:.0f} MB; "
                           f"peak RSS {m['peak_mb']:.0f} MB)",
                           flush=True)
                     report.append({"model": label, "mode": "memory", "who": f"{who} {dtype}", **m})

@@ -26,12 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from infer import DATA, cosine_min, hf_runner, bertkit_runner, load_texts, make_batches, race  # bench/infer.py
-
 from bertkit.config import BertConfig
+from bertkit.heads import BertModel
 from bertkit.infer import Embedder
-from bertkit.model import BertModel
 from bertkit.tokenizer import Tokenizer
+from infer import DATA, bertkit_runner, cosine_min, hf_runner, load_texts, make_batches, race  # bench/infer.py
 
 warnings.filterwarnings("ignore")
 SHAPES = {"MiniLM-L6 shape": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
@@ -52,8 +51,8 @@ def main() -> None:
     import transformers
     from sentence_transformers import SentenceTransformer
 
+    from bertkit.hub import resolve
     from infer import MINILM
-    from bertkit.checkpoint import resolve
 
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

@@ -14,7 +14,6 @@ so that machine load hits both alike, in fp32 and in bf16 autocast. tokens/s cou
 
 from __future__ import annotations
 
-
 import argparse
 import contextlib
 import json
@@ -31,7 +30,7 @@ DATA = Path(os.environ.get("BERTKIT_DATA", ROOT.parent / "shared" / "data"))
 
 
 def minilm_dir() -> Path:
-    from bertkit.checkpoint import resolve
+    from bertkit.hub import resolve
 
     return resolve("sentence-transformers/all-MiniLM-L6-v2")
 
@@ -44,7 +43,8 @@ def make_batch(batch_size: int, seq: int, tmp: Path, vocab_dir: Path | None = No
     if imdb.is_file():
         with open(imdb, encoding="utf-8") as f:
             (tmp / "c.jsonl").write_text("".join(next(f) for _ in range(200)), encoding="utf-8")
-        prepare(vocab_dir or minilm_dir(), [tmp / "c.jsonl"], tmp / "shards", max_seq_length=seq, workers=1, progress=False)
+        prepare(vocab_dir or minilm_dir(), [tmp / "c.jsonl"], tmp / "shards", max_seq_length=seq, workers=1,
+                progress=False)
         data = PretrainingData(tmp / "shards")
         tok = Tokenizer.from_pretrained(tmp / "shards")
         full = [i for i in range(len(data)) if data.length(i) == seq]  # the common case: filled sequences
@@ -159,7 +159,8 @@ def main() -> None:
     results = {"device": args.device, "batch": [args.batch_size, args.seq], "source": source,
                "loss_bertkit": a["loss"].item(), "loss_transformers": b.loss.item(), "dtypes": {}}
     for dtype in args.dtypes:
-        cast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if dtype == "bf16" else contextlib.nullcontext
+        cast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if dtype == "bf16" \
+            else contextlib.nullcontext
         runs = {}
         for name, model, inputs in (("bertkit", bk, batch), ("transformers", hf, hbatch)):
             model.train()

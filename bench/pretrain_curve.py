@@ -40,7 +40,7 @@ DATA = Path(os.environ.get("BERTKIT_DATA", ROOT.parent / "shared" / "data"))
 
 
 def minilm_dir() -> Path:
-    from bertkit.checkpoint import resolve
+    from bertkit.hub import resolve
 
     return resolve("sentence-transformers/all-MiniLM-L6-v2")  # for its bert-base-uncased vocab.txt
 

@@ -12,13 +12,12 @@ The Rust library runs encode_batch on all cores (2 here); bertkit uses one.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import argparse  # noqa: E402
 import csv  # noqa: E402
 import json  # noqa: E402
+import sys
 import time  # noqa: E402
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -33,7 +32,8 @@ def load_sets() -> dict[str, list]:
 
     imdb = [json.loads(line)["text"] for split in ("train", "test")
             for line in open(DATA / "imdb" / f"{split}.jsonl", encoding="utf-8")]
-    sst2 = [r[0] for split in ("train", "dev", "test") for r in tsv(DATA / "glue" / "SST-2" / f"{split}.tsv", "sentence")]
+    sst2 = [r[0] for split in ("train", "dev", "test")
+            for r in tsv(DATA / "glue" / "SST-2" / f"{split}.tsv", "sentence")]
     squad = json.loads((DATA / "squad_v1.1" / "dev-v1.1.json").read_text(encoding="utf-8"))["data"]
     squad = [q["question"] for a in squad for p in a["paragraphs"] for q in p["qas"]] + [
         p["context"] for a in squad for p in a["paragraphs"]]
@@ -80,7 +80,7 @@ def main() -> int:
     from tokenizers import BertWordPieceTokenizer
     from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy
 
-    from bertkit.checkpoint import resolve
+    from bertkit.hub import resolve
     from bertkit.tokenizer import Tokenizer
 
     model_dir = resolve("sentence-transformers/all-MiniLM-L6-v2")

@@ -14,7 +14,6 @@ tokens per word, the [UNK] rate and the share of words kept whole.
 
 from __future__ import annotations
 
-
 import argparse
 import json
 import os

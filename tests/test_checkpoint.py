@@ -10,10 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from bertkit import checkpoint
+from bertkit import hub
 from bertkit.config import BertConfig
-from bertkit.heads import BertForMaskedLM, BertForPreTraining, BertForSequenceClassification
-from bertkit.model import BertModel
+from bertkit.heads import BertForMaskedLM, BertForPreTraining, BertForSequenceClassification, BertModel
 
 
 def tiny_dir(tmp_path, cls=BertForPreTraining, name="tiny"):
@@ -38,9 +37,9 @@ def rewrite(directory, change) -> None:
 # ---------------------------------------------------------------- names
 
 def test_resolve_directory_package_and_hub_cache(minilm, tmp_path, monkeypatch):
-    assert checkpoint.resolve(minilm) == minilm
-    assert checkpoint.resolve("sentence-transformers/all-MiniLM-L6-v2") == minilm
-    assert checkpoint.resolve("all-MiniLM-L6-v2") == minilm
+    assert hub.resolve(minilm) == minilm
+    assert hub.resolve("sentence-transformers/all-MiniLM-L6-v2") == minilm
+    assert hub.resolve("all-MiniLM-L6-v2") == minilm
     # The offline Hugging Face cache: hub/models--org--name/snapshots/<rev>/, refs/main naming the revision.
     repo = tmp_path / "hf" / "hub" / "models--someorg--tiny-bert"
     for rev in ("aaa", "bbb"):
@@ -50,7 +49,7 @@ def test_resolve_directory_package_and_hub_cache(minilm, tmp_path, monkeypatch):
     (repo / "refs" / "main").write_text("aaa\n")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    assert checkpoint.resolve("someorg/tiny-bert") == repo / "snapshots" / "aaa"
+    assert hub.resolve("someorg/tiny-bert") == repo / "snapshots" / "aaa"
 
 
 def test_load_from_hub_cache_layout(minilm, tmp_path, monkeypatch):

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from bertkit.config import BertConfig
-from bertkit.heads import BertForPreTraining
-from bertkit.model import BertModel
+from bertkit.heads import BertForPreTraining, BertModel
 
 transformers = pytest.importorskip("transformers")
 

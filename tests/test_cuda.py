@@ -21,9 +21,8 @@ import torch
 
 from bertkit.batching import collate
 from bertkit.config import BertConfig
-from bertkit.heads import BertForPreTraining
+from bertkit.heads import BertForPreTraining, BertModel
 from bertkit.infer import Embedder
-from bertkit.model import BertModel
 from bertkit.tokenizer import SPECIAL_TOKENS, Tokenizer
 from bertkit.train import TrainConfig, train
 

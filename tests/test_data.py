@@ -12,8 +12,16 @@ import pytest
 import torch
 
 from bertkit.batching import collate
-from bertkit.data import (CorpusStats, MaskedBatches, Masker, MaskingConfig, PretrainingData, prepare,
-                          read_documents, split_sentences)
+from bertkit.data import (
+    CorpusStats,
+    MaskedBatches,
+    Masker,
+    MaskingConfig,
+    PretrainingData,
+    prepare,
+    read_documents,
+    split_sentences,
+)
 from bertkit.data.instances import document_instances, truncate_seq_pair
 from bertkit.tokenizer import Tokenizer
 from conftest import data_path, minilm_dir
@@ -42,7 +50,8 @@ def imdb_sample(path: Path, n: int) -> Path:
     ("Mr. Smith paid $3.50 for it. Then he left!", ["Mr. Smith paid $3.50 for it.", "Then he left!"]),
     ('"Why?" she asked. He said no.', ['"Why?" she asked.', "He said no."]),
     ("J. R. R. Tolkien served in the U.S. Army. It shows.", ["J. R. R. Tolkien served in the U.S. Army.", "It shows."]),
-    ("Use e.g. this one. Version 2.0 is out... Really?! Yes.", ["Use e.g. this one.", "Version 2.0 is out...", "Really?!", "Yes."]),
+    ("Use e.g. this one. Version 2.0 is out... Really?! Yes.",
+     ["Use e.g. this one.", "Version 2.0 is out...", "Really?!", "Yes."]),
     ("First line<br /><br />second line\nthird", ["First line", "second line", "third"]),
     ("It ends (quietly.) Then it starts.", ["It ends (quietly.)", "Then it starts."]),
     ("   ", []),

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import data_path
 from bertkit.cli import main
-from bertkit.infer import Embedder, cast_model, embed, pool
-from bertkit.model import BertModel
+from bertkit.heads import BertModel
+from bertkit.infer import Embedder, embed, pool
+from bertkit.precision import cast_model
 from bertkit.tokenizer import Tokenizer
+from conftest import data_path
 
 N_SST2 = 40
 

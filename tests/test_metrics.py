@@ -7,7 +7,6 @@ import pytest
 
 from bertkit.tasks import metrics
 from bertkit.tasks.readers import read_conll
-
 from conftest import data_path
 
 

@@ -14,13 +14,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, data_path
 from bertkit.config import BertConfig
-from bertkit.model import BertModel, dropout
+from bertkit.heads import BertModel
+from bertkit.model import dropout
+from conftest import ROOT, data_path
 
 transformers = pytest.importorskip("transformers")
 
 TOL = 1e-5
+# Attention probabilities come out of a softmax over scores of magnitude ~10-30, which scales the
+# hidden states' float32 rounding differences (fused vs separate QKV matmuls) up: measured up to
+# 2.1e-5 in the fifth layer of MiniLM on an AVX-512 CPU (within 1e-5 on AVX2).
+ATTENTION_TOL = 5e-5
 
 
 def sst2_sentences(n: int) -> list[str]:
@@ -69,7 +74,7 @@ def assert_same_outputs(hf_model, bk_model, batch: dict) -> None:
     assert len(out.attentions) == len(ref.attentions) == bk_model.config.num_hidden_layers
     for r, o in zip(ref.attentions, out.attentions):
         assert r.shape == o.shape
-        assert max_diff(r, o) <= TOL
+        assert max_diff(r, o) <= ATTENTION_TOL
     assert fast.hidden_states is None and fast.attentions is None
 
 

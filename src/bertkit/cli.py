@@ -17,7 +17,8 @@ class UserError(Exception):
 
 def _add_tokenize(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tokenize", help="tokenize texts (one per line, or tab-separated pairs) to JSON lines")
-    p.add_argument("--vocab", required=True, help="directory with vocab.txt (and tokenizer_config.json), a vocab.txt file, or an installed model name")
+    p.add_argument("--vocab", required=True, help="directory with vocab.txt (and tokenizer_config.json), "
+                   "a vocab.txt file, or an installed model name")
     p.add_argument("--input", default="-", help="input file, '-' for stdin")
     p.add_argument("--output", default="-", help="output file, '-' for stdout")
     p.add_argument("--max-length", type=int, default=None)
@@ -255,7 +256,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 # Registered in the order `bertkit --help` lists them.
-SUBCOMMANDS = [_add_tokenize, _add_vocab, _add_prepare, _add_pretrain, _add_finetune, _add_evaluate, _add_predict, _add_embed, _add_demo]
+SUBCOMMANDS = [_add_tokenize, _add_vocab, _add_prepare, _add_pretrain, _add_finetune, _add_evaluate, _add_predict,
+               _add_embed, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,12 +1,22 @@
-"""BertConfig: the hyper-parameters of a BERT encoder, stored as Hugging Face's config.json."""
+"""Configuration: BertConfig (a BERT's hyper-parameters, stored as Hugging Face's config.json),
+and the one loader of run settings (pre-training, fine-tuning, the demo): dataclasses from
+YAML/JSON files plus dotted `key=value` overrides, every value checked against its field's type.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from bertkit.io import write_json
 
 # Published BERT sizes (Devlin et al. 2018; Turc et al. 2019 for the small ones):
 # name -> (layers, hidden, heads). The feed-forward layer is always 4 x hidden.
@@ -71,7 +81,7 @@ class BertConfig:
         return self.hidden_size // self.num_attention_heads
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "BertConfig":
+    def preset(cls, name: str, **overrides: Any) -> BertConfig:
         """A published BERT size (tiny, mini, small, medium, base, large), with overrides."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
@@ -80,7 +90,7 @@ class BertConfig:
                       intermediate_size=4 * hidden)
         return cls(**{**fields, **overrides})
 
-    def replace(self, **overrides: Any) -> "BertConfig":
+    def replace(self, **overrides: Any) -> BertConfig:
         """A copy with some fields changed; num_labels=n without id2label resets the labels."""
         if "num_labels" in overrides and "id2label" not in overrides and overrides["num_labels"] != self.num_labels:
             overrides.setdefault("id2label", None)
@@ -88,7 +98,7 @@ class BertConfig:
         return dataclasses.replace(self, **overrides)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BertConfig":
+    def from_dict(cls, d: dict[str, Any]) -> BertConfig:
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in d.items() if k in names}
         extra = {k: v for k, v in d.items() if k not in names}
@@ -107,7 +117,7 @@ class BertConfig:
         return dict(sorted(d.items()))
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "BertConfig":
+    def from_json(cls, path: str | Path) -> BertConfig:
         path = Path(path)
         if path.is_dir():
             path = path / "config.json"
@@ -124,6 +134,156 @@ class BertConfig:
 
     def to_json(self, path: str | Path) -> None:
         path = Path(path)
-        if path.is_dir():
-            path = path / "config.json"
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        write_json(path / "config.json" if path.is_dir() else path, self.to_dict())
+
+
+# ---------------------------------------------------------------------------- run settings
+
+C = TypeVar("C")
+
+
+def load_settings(cls: type[C], path: str | Path | None = None, overrides: typing.Iterable[str] = (),
+                  base: C | None = None) -> C:
+    """Dataclass `cls` from `base` (default: cls()), then a YAML/JSON file, then `key=value` overrides.
+
+    Nested dataclasses are sections (`train.lr=1e-4`); values are parsed as YAML except for
+    string fields, which take the text as written. Unknown keys and values of the wrong type are
+    errors that name the key and what it accepts.
+    """
+    tree = dataclasses.asdict(base if base is not None else cls())
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such config file")
+        try:
+            text = path.read_text(encoding="utf-8")
+            loaded = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+                             f"{str(e).splitlines()[0]}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
+        _merge(tree, loaded or {}, cls, str(path))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {item!r} is not key=value")
+        key = key.strip()
+        hint = _field_type(cls, key)
+        if _is_text(hint):  # text as written; null only where None is allowed
+            value = None if hint is not str and raw in ("null", "none", "None", "~") else raw
+        else:
+            value = None if raw == "" else yaml.safe_load(raw)
+        _merge(tree, _nest(key, value), cls, "override")
+    return build(cls, tree)
+
+
+def build(cls: type[C], values: Mapping, where: str = "") -> C:
+    """Dataclass `cls` from a mapping (sections as nested mappings), each value type-checked."""
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{where or 'settings'}: expected a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        full = f"{where}.{key}" if where else key
+        if key not in hints:
+            raise ValueError(f"unknown setting {full!r}; valid keys{' in ' + where if where else ''}: "
+                             f"{', '.join(f.name for f in dataclasses.fields(cls))}")
+        kwargs[key] = _check(value, hints[key], full)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where + ': ' if where else ''}{e}") from None
+
+
+def _merge(tree: dict, new: Mapping, cls: type, source: str) -> None:
+    hints = typing.get_type_hints(cls)
+    for key, value in new.items():
+        if key not in hints:
+            raise ValueError(f"{source}: unknown setting {key!r}; valid keys: "
+                             f"{', '.join(f.name for f in dataclasses.fields(cls))}")
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, Mapping) and isinstance(tree.get(key), dict):
+            _merge(tree[key], value, hints[key], f"{source}: {key}")
+        else:
+            tree[key] = value
+
+
+def _nest(dotted: str, value: Any) -> dict:
+    *parents, last = dotted.split(".")
+    tree: dict = {last: value}
+    for p in reversed(parents):
+        tree = {p: tree}
+    return tree
+
+
+def _field_type(cls: type, dotted: str) -> Any:
+    hint: Any = cls
+    for part in dotted.split("."):
+        hints = typing.get_type_hints(hint) if dataclasses.is_dataclass(hint) else {}
+        if part not in hints:
+            valid = ", ".join(f.name for f in dataclasses.fields(hint)) if dataclasses.is_dataclass(hint) else ""
+            raise ValueError(f"unknown setting {dotted!r}" + (f"; valid keys: {valid}" if valid else ""))
+        hint = hints[part]
+    return hint
+
+
+def _is_text(hint: Any) -> bool:
+    return hint is str or set(typing.get_args(hint)) == {str, type(None)}
+
+
+def _check(value: Any, hint: Any, key: str) -> Any:
+    """`value` if it fits type `hint` (numbers parsed from YAML's strings), else a one-line error."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _check(value, option, key)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError(errors[0] if len(errors) == 1 else f"setting {key!r}: {value!r} fits none of its types")
+    if hint is Any:
+        return value
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"setting {key!r}: {value!r} is not one of {', '.join(map(str, args))}")
+        return value
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, key) if not dataclasses.is_dataclass(value) else value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"setting {key!r}: {value!r} is not true or false")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError(f"setting {key!r}: {value!r} is not a whole number")
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError(f"setting {key!r}: {value!r} is not a number")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"setting {key!r}: {value!r} is not a string")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ValueError(f"setting {key!r}: {value!r} is not a list of {len(args)} values")
+        return tuple(_check(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict or hint is dict:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"setting {key!r}: {value!r} is not a mapping")
+        return dict(value)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"setting {key!r}: {value!r} is not a list")
+        return [_check(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    return value

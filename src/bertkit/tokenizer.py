@@ -39,11 +39,13 @@ import os
 import re
 import sys
 import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, chain, compress, repeat
 from operator import is_
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+
+from bertkit.hub import resolve
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
@@ -396,8 +398,6 @@ class Tokenizer:
         """
         path = Path(path)
         if not path.exists():
-            from bertkit.checkpoint import resolve  # lazy: the tokenizer needs no model otherwise
-
             path = resolve(path)
         vocab_file = path / "vocab.txt" if path.is_dir() else path
         if not vocab_file.is_file():

@@ -26,10 +26,11 @@ import signal
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -204,7 +205,7 @@ class _Dist:
     owns_group: bool = False  # we called init_process_group, so we destroy it
 
     @classmethod
-    def setup(cls, device: str) -> "_Dist":
+    def setup(cls, device: str) -> _Dist:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if device == "auto":
             device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
@@ -381,7 +382,7 @@ class _StopFlag:
         self.raised = False
         self._old: dict[int, Any] = {}
 
-    def __enter__(self) -> "_StopFlag":
+    def __enter__(self) -> _StopFlag:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -631,8 +632,8 @@ class _Trainer:
                     loss = tokens = 0.0
                     stats: dict[str, list[float]] = {}
                     for j in range(window):
-                        l, n, s = self._micro_step(next(it), window, sync=j == window - 1)
-                        loss, tokens = loss + l / window, tokens + n
+                        micro_loss, n, s = self._micro_step(next(it), window, sync=j == window - 1)
+                        loss, tokens = loss + micro_loss / window, tokens + n
                         for k, (a, c) in s.items():
                             acc = stats.setdefault(k, [0.0, 0.0])
                             acc[0], acc[1] = acc[0] + a, acc[1] + c

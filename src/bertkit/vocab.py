@@ -34,18 +34,17 @@ proportion to what it changes, never a recount of all pairs.
 from __future__ import annotations
 
 import heapq
-import json
 import multiprocessing as mp
 import os
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from math import log
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from bertkit.batching import chunked
+from bertkit.io import chunked, read_texts
 from bertkit.tokenizer import CLS, MASK, MAX_CHARS_PER_WORD, PAD, SEP, UNK, Tokenizer, basic_tokenize
 
 PREFIX = "##"  # marks a piece that continues a word
@@ -57,38 +56,6 @@ _CHUNK_TEXTS = 500
 # ----------------------------------------------------------------------------
 # Reading and counting words
 # ----------------------------------------------------------------------------
-
-def read_texts(path: str | os.PathLike, text_field: str | None = None) -> Iterator[str]:
-    """Yield the texts of one file: one per line, or `text_field` of each JSON line.
-
-    `.jsonl` files are read as JSON lines with field `text_field` (default "text").
-    Blank lines are skipped. Bad bytes, bad JSON or a missing field raise
-    ValueError naming the file and line.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    if text_field is None and path.suffix == ".jsonl":
-        text_field = "text"
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-            if not line.strip():
-                continue
-            if text_field is None:
-                yield line.rstrip("\r\n")
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
-                raise ValueError(f"{path}:{lineno}: no string field {text_field!r}")
-            yield row[text_field]
-
 
 def _count_chunk(args: tuple[list[str], bool]) -> tuple[int, Counter[str]]:
     texts, do_lower_case = args
@@ -116,7 +83,7 @@ def count_words(
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(f"{p}: no such file")
-    texts = (t for p in paths for t in read_texts(p, text_field))
+    texts = (t for p in paths for t in read_texts(p, keep_blank=False, text_field=text_field))
     jobs = ((chunk, do_lower_case) for chunk in chunked(texts, _CHUNK_TEXTS))
     workers = workers or os.cpu_count() or 1
     counts: Counter[str] = Counter()

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Iterable, Iterator
 
 FORMATS = ("auto", "sentences", "paragraphs", "jsonl")
 
@@ -35,7 +35,7 @@ class CorpusStats:
     instances: int = 0
     next_instances: int = 0  # B really follows A (IsNext)
 
-    def add(self, other: "CorpusStats") -> None:
+    def add(self, other: CorpusStats) -> None:
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
@@ -156,7 +156,8 @@ def read_documents(paths: Iterable[str | Path], fmt: str = "auto", text_field: s
         kind = resolve_format(path, fmt)
         stats.files += 1
         before = stats.documents
-        docs = _sentence_documents(path, stats) if kind == "sentences" else _text_documents(path, kind, text_field, stats)
+        docs = _sentence_documents(path, stats) if kind == "sentences" \
+            else _text_documents(path, kind, text_field, stats)
         for doc in docs:
             stats.documents += 1
             stats.sentences += len(doc)

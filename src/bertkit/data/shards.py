@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from bertkit.batching import chunked
 from bertkit.data.corpus import CorpusStats, read_documents
 from bertkit.data.instances import document_instances, tokenize_document
+from bertkit.io import chunked
 
 FORMAT = "bertkit-pretraining-v1"
 META = "meta.json"

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 from bertkit.tasks import readers
 from bertkit.tasks.metrics import iob1_to_iob2

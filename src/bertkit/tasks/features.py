@@ -8,7 +8,7 @@ parallel list, not in the feature, so batches carry model inputs only.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from bertkit.tasks.readers import TextExample, TokenExample
 

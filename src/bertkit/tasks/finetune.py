@@ -13,18 +13,17 @@ import json
 import random
 import sys
 import time
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from bertkit.batching import Batches, collate, length_batches
-from bertkit.checkpoint import resolve
 from bertkit.config import BertConfig
-from bertkit.heads import (BertForQuestionAnswering, BertForSequenceClassification,
-                           BertForTokenClassification)
+from bertkit.heads import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification
+from bertkit.hub import resolve
 from bertkit.tasks import metrics, readers
 from bertkit.tasks.datasets import TASKS, Task
 from bertkit.tasks.features import text_features, token_features, word_tags

@@ -148,7 +148,8 @@ def test_read_is_one_tensor_at_a_time():
     ("bert/embeddings/LayerNorm/gamma", ("bert.embeddings.LayerNorm.weight", False)),
     ("bert/encoder/layer_11/attention/self/query/kernel", ("bert.encoder.layer.11.attention.self.query.weight", True)),
     ("bert/encoder/layer_0/attention/self/value/bias", ("bert.encoder.layer.0.attention.self.value.bias", False)),
-    ("bert/encoder/layer_3/attention/output/dense/kernel", ("bert.encoder.layer.3.attention.output.dense.weight", True)),
+    ("bert/encoder/layer_3/attention/output/dense/kernel",
+     ("bert.encoder.layer.3.attention.output.dense.weight", True)),
     ("bert/encoder/layer_3/attention/output/LayerNorm/beta", ("bert.encoder.layer.3.attention.output.LayerNorm.bias",
                                                               False)),
     ("bert/encoder/layer_2/intermediate/dense/kernel", ("bert.encoder.layer.2.intermediate.dense.weight", True)),
@@ -287,7 +288,8 @@ def reference(folder: Path, cls_name: str):
     assert not unexpected
     assert set(missing) <= {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}  # tied ones
     if cls_name == "BertForPreTraining":  # tied to the word embeddings / cls.predictions.bias
-        assert model.cls.predictions.decoder.weight.data_ptr() == model.bert.embeddings.word_embeddings.weight.data_ptr()
+        words = model.bert.embeddings.word_embeddings.weight
+        assert model.cls.predictions.decoder.weight.data_ptr() == words.data_ptr()
         assert torch.equal(model.cls.predictions.decoder.bias, state["cls.predictions.bias"])
     return model
 
@@ -485,7 +487,8 @@ def test_damage_behind_a_valid_crc_is_still_a_one_line_error(tmp_path):
         data = bytearray(original)
         for at in rng.integers(0, block_end, rng.integers(1, 4)):
             data[at] = rng.integers(0, 256)
-        data[block_end + 1:block_end + 5] = writer.mask(writer.crc32c(bytes(data[:block_end + 1]))).to_bytes(4, "little")
+        crc = writer.mask(writer.crc32c(bytes(data[:block_end + 1])))
+        data[block_end + 1:block_end + 5] = crc.to_bytes(4, "little")
         if trial % 3 == 0:  # and sometimes a truncation too
             data = data[:rng.integers(0, len(data))]
         index.write_bytes(bytes(data))

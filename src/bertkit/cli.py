@@ -3,16 +3,105 @@
 Each subcommand maps onto exactly one library function; nothing else in
 bertkit imports this module. A subcommand is one `_add_<name>` function that
 declares its arguments and sets `func` to a small adapter calling the library.
+
+One name for each concept on every subcommand: `--model` (a checkpoint folder, a run folder
+or an installed model name), `--output` (the file or folder written), `--max-length`,
+`--no-progress`, `--device`, `--dtype`. Every argument is checked when it is parsed (the
+`type=` functions below), so bad values fail in one line before any work starts.
+Exit codes: 0 done, 1 the run failed (e.g. training diverged), 2 bad input,
+130 interrupted (SIGINT), 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 
 class UserError(Exception):
     """Bad input from the user: printed as one line, no traceback."""
+
+
+class Stopped(Exception):
+    """The run was stopped by a signal after saving its state; carries the exit code (128 + signal)."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.code = 128 + signum
+
+
+# ---------------------------------------------------------------------------- argument types
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1")
+    return value
+
+
+def max_length(text: str) -> int:
+    value = positive_int(text)
+    if not 8 <= value <= 512:  # BERT checkpoints have 512 positions; below 8 nothing useful fits
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 8 and 512 tokens")
+    return value
+
+
+def device(text: str) -> str:
+    """cpu, cuda, cuda:N (checked against the machine here, not at the first tensor)."""
+    import re
+
+    if text == "cpu":
+        return text
+    if not re.fullmatch(r"cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use cpu, cuda or cuda:N")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: no CUDA device on this machine (use cpu)")
+    index = int(text.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return text
+
+
+def _parser(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
+    """A subcommand parser whose --help shows every default."""
+    return sub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
 
 def _add_tokenize(sub: argparse._SubParsersAction) -> None:
@@ -261,7 +350,10 @@ SUBCOMMANDS = [_add_tokenize, _add_vocab, _add_prepare, _add_pretrain, _add_fine
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bertkit import __version__
+
     parser = argparse.ArgumentParser(prog="bertkit", description="BERT from first principles.")
+    parser.add_argument("--version", action="version", version=f"bertkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(sub)
@@ -272,14 +364,27 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (UserError, FileNotFoundError, ValueError) as e:
+    except Stopped as e:
+        print(f"bertkit {args.command}: {e}", file=sys.stderr)
+        return e.code
+    except (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+            FileExistsError, ValueError) as e:
         # One clear line for bad input; real bugs still get a traceback.
-        print(f"bertkit {args.command}: error: {e}", file=sys.stderr)
+        print(f"bertkit {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, I/O error: name the path
+        print(f"bertkit {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"bertkit {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGINT
     return 0
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename is not None:
+        return f"{e.filename}: {e.strerror or e}"
+    return " ".join(str(e).split("\n")[0].split()) or type(e).__name__
 
 
 if __name__ == "__main__":

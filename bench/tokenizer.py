@@ -7,16 +7,22 @@ contender runs `--repeat` times; the best time counts (other jobs share the CPU)
 
     flock /tmp/bertkit-bench.lock .venv/bin/python bench/tokenizer.py [--sets imdb,sst2] [--repeat 2]
 
-The Rust library runs encode_batch on all cores (2 here); bertkit uses one.
+The Rust library runs encode_batch on all cores (2 here). The per-set table runs
+bertkit in one process (workers=1); the race that follows it gives bertkit
+`--workers` processes on the IMDB reviews: encode_batch cold (a fresh Tokenizer:
+starting the pool is timed too) and warm (the same pool again), `bertkit tokenize`
+on the same reviews as a file, and what sending results between processes costs.
 """
 
 from __future__ import annotations
 
-import argparse  # noqa: E402
-import csv  # noqa: E402
-import json  # noqa: E402
+import argparse
+import csv
+import json
+import os
 import sys
-import time  # noqa: E402
+import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +81,7 @@ def main() -> int:
     ap.add_argument("--imdb-reviews", type=int, default=None, help="only the first N IMDB reviews (default: all)")
     ap.add_argument("--python-reviews", type=int, default=1000,
                     help="IMDB reviews for the (slow) pure-Python reference")
+    ap.add_argument("--workers", type=int, default=2, help="processes for the race on IMDB (1: no race)")
     args = ap.parse_args()
 
     from tokenizers import BertWordPieceTokenizer
@@ -102,13 +109,13 @@ def main() -> int:
         mb = n_bytes(texts) / 1e6
 
         def ours(tok):  # the same call as Rust's: one encode_batch over all texts
-            return tok.encode_batch(texts, truncation=False)
+            return tok.encode_batch(texts, truncation=False, workers=1)
 
         def rust_to_python(tok):  # what a Python caller gets: lists of ids and offsets
             return [(e.ids, e.offsets) for e in tok.encode_batch(texts)]
 
-        def ours_to_python(tok):  # the same for bertkit, whose offset tuples are also built on access
-            return [(e.input_ids, e.offsets) for e in tok.encode_batch(texts, truncation=False)]
+        def ours_to_python(tok):  # the same for bertkit, whose lists are also built on access
+            return [(e.input_ids, e.offsets) for e in tok.encode_batch(texts, truncation=False, workers=1)]
 
         t_rust, ref = best_of(args.repeat, make_rust, lambda tok: tok.encode_batch(texts))
         t_ours, got = best_of(args.repeat, make_ours, ours)
@@ -127,12 +134,15 @@ def main() -> int:
         if not same:
             return 1
 
+    if args.workers > 1 and not race_workers(sets["imdb"], args.workers, args.repeat, model_dir, make_rust):
+        return 1
+
     # transformers' pure-Python BertTokenizer (BertTokenizerLegacy): no offsets, so ids only.
     texts = sets["imdb"][: args.python_reviews]
     mb = n_bytes(texts) / 1e6
     t_py, py_ids = best_of(1, lambda: BertTokenizerLegacy(vocab),
                            lambda tok: [tok.convert_tokens_to_ids(tok.tokenize(t)) for t in texts])
-    t_ours, got = best_of(args.repeat, make_ours, lambda tok: tok.encode_batch(texts, truncation=False))
+    t_ours, got = best_of(args.repeat, make_ours, lambda tok: tok.encode_batch(texts, truncation=False, workers=1))
     t_rust, _ = best_of(args.repeat, make_rust, lambda tok: tok.encode_batch(texts))
     same = all(o.input_ids[1:-1] == p for o, p in zip(got, py_ids))
     print(f"\nfirst {len(texts)} IMDB reviews ({mb:.2f} MB), all cold: bertkit {mb / t_ours:.2f} MB/s, "
@@ -142,6 +152,98 @@ def main() -> int:
     print("ratio = rust encode_batch time / bertkit encode_batch time (offset tuples built on access by both); "
           "ratio* = the same with every encoding's ids and offsets read into Python lists, on both sides")
     return 0 if same else 1
+
+
+def race_workers(texts: list[str], workers: int, repeat: int, model_dir: Path, make_rust) -> bool:
+    """bertkit in 1 and in `workers` processes vs Rust on the same reviews; True when every output is identical.
+
+    Besides wall time it counts CPU time (this process, and the worker processes once they
+    have exited): on a loaded machine the wall time of parallel work says little, while the
+    CPU total shows what the processes cost in all (efficiency = one process's CPU / the total).
+    """
+    import gc
+    import pickle
+    import resource
+
+    from bertkit.tokenizer import _CHUNK_CHARS, Tokenizer, _contiguous, _flatten, tokenize_file
+
+    def workers_cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    def run(n: int, warm: bool) -> tuple[float, float, list]:
+        """(best wall seconds, CPU seconds of the last cold run in all processes, output)."""
+        best, cpu, out = float("inf"), 0.0, None
+        for _ in range(repeat):
+            tok = Tokenizer.from_pretrained(model_dir)
+            if warm:  # a second call on the same Tokenizer: its pool and the workers' caches are kept
+                tok.encode_batch(texts, truncation=False, workers=n)
+            here, there = time.process_time(), workers_cpu()
+            t = time.perf_counter()
+            out = tok.encode_batch(texts, truncation=False, workers=n)
+            best = min(best, time.perf_counter() - t)
+            tok.close()  # the workers exit: their CPU time is counted
+            cpu = time.process_time() - here + workers_cpu() - there
+        return best, cpu, out
+
+    mb = n_bytes(texts) / 1e6
+    print(f"\nIMDB, {len(texts)} reviews ({mb:.2f} MB) across processes; load average {os.getloadavg()[0]:.2f} "
+          f"on {os.cpu_count()} cores")
+    t_rust, ref = best_of(repeat, make_rust, lambda tok: tok.encode_batch(texts))
+    runs = {(n, warm): run(n, warm) for n in (1, workers) for warm in (False, True)}
+    same = all(len(out) == len(ref) and all(
+        o.input_ids == r.ids and o.offsets == r.offsets and o.token_type_ids == r.type_ids for o, r in zip(out, ref))
+        for _, _, out in runs.values())
+    for warm in (False, True):
+        (t1, cpu1, _), (tn, cpun, _) = runs[1, warm], runs[workers, warm]
+        cpu = f"CPU {cpu1:.2f} s vs {cpun:.2f} s in all (efficiency {cpu1 / cpun:.2f}); " if not warm else ""
+        print(f"  encode_batch {'warm' if warm else 'cold'}: workers=1 {mb / t1:.2f} MB/s, workers={workers} "
+              f"{mb / tn:.2f} MB/s ({t1 / tn:.2f}x one worker; {cpu}rust {mb / t_rust:.2f} MB/s, so "
+              f"workers={workers} is {t_rust / tn:.2f}x rust); {'identical' if same else 'DIFFERENT'}")
+
+    # What the workers' jobs add, timed in this process (warm caches, collector paused as in encode_batch):
+    # flattening windows to packed ints (in a worker), pickling through the pipe, rebuilding Encodings here.
+    tok = Tokenizer.from_pretrained(model_dir)
+    options = tok._options(None, False, False, True, 0, False)
+    tok.encode_batch(texts, truncation=False, workers=1)
+    steps = [0.0] * 4
+    rebuilt, size = [], 0
+    gc.disable()
+    for job in _contiguous(texts, [len(t) for t in texts], _CHUNK_CHARS):
+        t0 = time.perf_counter()
+        windows = tok._windows_of(job, options)
+        t1 = time.perf_counter()
+        flat = _flatten(windows, with_offsets=True)
+        t2 = time.perf_counter()
+        sent = pickle.dumps(flat, protocol=pickle.HIGHEST_PROTOCOL)
+        flat = pickle.loads(sent)
+        t3 = time.perf_counter()
+        rebuilt += tok._from_flat(flat, options)
+        t4 = time.perf_counter()
+        size += len(sent)
+        for i, dt in enumerate((t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            steps[i] += dt
+    gc.enable()
+    same = same and rebuilt == runs[1, False][2]
+    print(f"  workers' jobs ({size / 1e6:.0f} MB sent): flatten {steps[1]:.2f} s + pickle {steps[2]:.2f} s + rebuild "
+          f"{steps[3]:.2f} s, against {steps[0]:.2f} s tokenizing warm and {runs[1, False][0]:.2f} s cold; rebuilt "
+          f"{'identical' if rebuilt == runs[1, False][2] else 'DIFFERENT'}")
+
+    # bertkit tokenize: the same reviews as lines of a file, JSON lines out.
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "imdb.txt"
+        src.write_text("".join(" ".join(t.split()) + "\n" for t in texts), encoding="utf-8")
+        seconds, outputs = {}, {}
+        for n in (1, workers):
+            out = Path(tmp) / f"out{n}.jsonl"
+            seconds[n], _ = best_of(repeat, lambda: None,
+                                    lambda _: tokenize_file(model_dir, src, out, workers=n, progress=False))
+            outputs[n] = out.read_bytes()
+        same_file = outputs[1] == outputs[workers]
+        print(f"  bertkit tokenize (JSON lines out, cold): workers=1 {mb / seconds[1]:.2f} MB/s, workers={workers} "
+              f"{mb / seconds[workers]:.2f} MB/s ({seconds[1] / seconds[workers]:.2f}x); output bytes "
+              f"{'identical' if same_file else 'DIFFERENT'}; load average now {os.getloadavg()[0]:.2f}")
+    return same and same_file
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """The tokenizer is proven against the references on real text.
 
 References: the Rust `tokenizers` BertWordPieceTokenizer (ids, type ids,
-offsets, truncation windows) and transformers' pure-Python BertTokenizerLegacy
-(Google's algorithm; tokens and decode). Both with the bert-base-uncased vocab
-shipped with all-MiniLM-L6-v2.
+offsets, truncation windows), transformers' pure-Python BertTokenizerLegacy
+(Google's algorithm; tokens and decode) and transformers' BertTokenizerFast (the
+transformers-style call). All with the bert-base-uncased vocab shipped with
+all-MiniLM-L6-v2. Batches encoded in worker processes must equal those encoded here.
 """
 
 from __future__ import annotations
@@ -11,15 +12,22 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import os
+import pickle
+import signal
 import subprocess
 import sys
+import time
 import unicodedata
+from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from bertkit.tokenizer import Tokenizer, basic_tokenize, tokenize_file
+from bertkit import tokenizer as tokenizer_module
+from bertkit.tokenizer import BatchEncoding, Tokenizer, tokenize_file
+from bertkit.wordpiece import basic_tokenize
 from conftest import data_path
 
 tokenizers = pytest.importorskip("tokenizers")
@@ -393,7 +401,7 @@ def test_tokenize_file(tok, minilm, tmp_path, vocab_file):
 def test_tokenize_file_rejects_bad_bytes_with_file_and_line(minilm, tmp_path):
     src = tmp_path / "bad.txt"
     src.write_bytes(b"fine\nalso fine\nbro\xffken\n")
-    with pytest.raises(ValueError, match=r"bad\.txt, line 3: not valid UTF-8"):
+    with pytest.raises(ValueError, match=r"bad\.txt:3: not valid UTF-8"):
         tokenize_file(minilm, src, tmp_path / "o.jsonl")
 
 
@@ -408,7 +416,7 @@ def test_cli_tokenize(minilm, tmp_path):
     bad.write_bytes(b"\xff\n")
     run = subprocess.run([sys.executable, "-m", "bertkit.cli", "tokenize", "--vocab", str(minilm),
                           "--input", str(bad)], capture_output=True, text=True)
-    assert run.returncode == 2 and "line 1" in run.stderr and "Traceback" not in run.stderr
+    assert run.returncode == 2 and "bad.txt:1: not valid UTF-8" in run.stderr and "Traceback" not in run.stderr
 
 
 def test_encode_batch_restores_the_garbage_collector_state(tok):
@@ -433,6 +441,234 @@ def test_offsets_are_built_from_the_flat_spans_and_follow_padding(tok):
     assert enc.spans == [x for span in enc.offsets for x in span]
     assert enc.offsets[0] == (0, 0) and enc.offsets[1] == (0, 5)  # [CLS], then "hello" from "Héllo"
     before = len(enc.offsets)
-    tok._pad(enc, before + 3)  # padding after offsets were read: they must follow
+    enc.pad(before + 3)  # padding after offsets were read: they must follow
     assert enc.offsets[before:] == [(0, 0)] * 3 and len(enc.offsets) == len(enc.input_ids)
     assert tok.encode("no offsets", return_offsets=False).offsets is None
+
+
+# --- the transformers-style call ------------------------------------------------------------------------------
+
+def sst2_dev():
+    return [r[0] for r in _tsv(data_path("glue", "SST-2", "dev.tsv"), "sentence")]
+
+
+@pytest.fixture(scope="module")
+def hf_tok(minilm):
+    transformers = pytest.importorskip("transformers")
+    return transformers.BertTokenizerFast.from_pretrained(str(minilm))
+
+
+def test_call_round_trip_matches_transformers(tok, hf_tok, minilm, one_thread):
+    """enc = tok(texts, padding=True, return_tensors="pt"); model(**enc)[0] equals transformers' on the same input."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from bertkit.heads import BertModel
+
+    texts = sst2_dev()[::109][:8]  # real sentences of different lengths
+    assert len({len(t.split()) for t in texts}) > 4
+    model = BertModel.from_pretrained(minilm).eval()
+    reference = transformers.BertModel.from_pretrained(str(minilm)).eval()
+    for args in [(texts,), (texts[:4], texts[4:])]:  # single texts, then pairs
+        ours, ref = tok(*args, padding=True, return_tensors="pt"), hf_tok(*args, padding=True, return_tensors="pt")
+        assert isinstance(ours, BatchEncoding) and list(ours) == list(ref)
+        for key in ref:
+            assert ours[key].dtype == ref[key].dtype and torch.equal(ours[key], ref[key]), key
+        assert not ours.attention_mask.all()  # the batch has padding
+        with torch.no_grad():
+            got, want = model(**ours)[0], reference(**ref)[0]
+        real = ref["attention_mask"].bool()
+        assert (got - want)[real].abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"padding": True}, {"padding": "max_length", "max_length": 40, "truncation": True},
+    {"max_length": 12}, {"truncation": "only_second", "max_length": 64, "padding": "longest"},
+    {"return_offsets_mapping": True, "padding": True},
+    {"truncation": "only_second", "max_length": 64, "stride": 16, "return_overflowing_tokens": True,
+     "return_offsets_mapping": True, "padding": True}])
+def test_call_options_match_transformers(tok, hf_tok, options):
+    """Lists, numpy arrays, one text or a batch, pairs, truncation, padding, offsets and overflowing windows."""
+    np = pytest.importorskip("numpy")
+    pairs = squad_pairs()[::400]
+    questions, contexts = [q for q, _ in pairs], [c for _, c in pairs]
+    if options.get("truncation") != "only_second":
+        for call in [(questions[0],), (questions[0], contexts[0]), (questions,)]:
+            assert dict(tok(*call, **options)) == dict(hf_tok(*call, **options)), call
+    ours, ref = tok(questions, contexts, **options), hf_tok(questions, contexts, **options)
+    if options.get("return_overflowing_tokens"):
+        assert len(ours.input_ids) > len(pairs)  # windows became rows
+    assert dict(ours) == dict(ref)
+    if options.get("padding"):
+        arrays, ref_arrays = tok(questions, contexts, **options, return_tensors="np"), \
+            hf_tok(questions, contexts, **options, return_tensors="np")
+        for key in ref_arrays:
+            assert arrays[key].dtype == np.int64 and np.array_equal(arrays[key], ref_arrays[key]), key
+
+
+def test_call_one_text_and_batch_encoding(tok):
+    torch = pytest.importorskip("torch")
+    one = tok("Hello, world!")
+    assert one.input_ids == one["input_ids"] == [101, 7592, 1010, 2088, 999, 102]
+    assert one.encodings[0].input_ids == one.input_ids and one.attention_mask == [1] * 6
+    assert tok("Hello, world!", return_tensors="pt").input_ids.shape == (1, 6)  # a batch of one, as transformers
+    moved = tok(["a", "b c"], padding=True, return_tensors="pt").to("cpu")
+    assert isinstance(moved, BatchEncoding) and moved.input_ids.dtype == torch.int64
+    with pytest.raises(AttributeError, match="offset_mapping"):
+        _ = one.offset_mapping
+
+
+def test_call_errors_are_clear(tok):
+    with pytest.raises(ValueError, match="padding=True"):
+        tok(["short", "a much longer text here"], return_tensors="pt")
+    with pytest.raises(ValueError, match="return_tensors"):
+        tok("a", return_tensors="tf")
+    with pytest.raises(ValueError, match="as long as text"):
+        tok(["a", "b"], ["c"])
+    with pytest.raises(ValueError, match="padding"):
+        tok("a", padding="longest_first")
+    with pytest.raises(TypeError, match=r"texts\[1\] is a int"):
+        tok(["a", 3])
+    with pytest.raises(TypeError):
+        tok.encode("a", "b", 12)  # options are keyword-only
+
+
+# --- worker processes -----------------------------------------------------------------------------------------
+
+def test_workers_give_the_same_encodings_on_imdb(minilm):
+    texts = imdb_texts(25)  # 2,000 reviews, 2.6 million characters: over the size that uses the pool
+    assert sum(map(len, texts)) > tokenizer_module._POOL_MIN_CHARS
+    with Tokenizer.from_pretrained(minilm) as tok:
+        one = tok.encode_batch(texts, truncation=False, workers=1)
+        assert tok._pool is None
+        two = tok.encode_batch(texts, truncation=False, workers=2)
+        pool = tok._pool
+        assert pool is not None and len(pool._processes) == 1  # workers=2: this process and one more
+        assert two == one
+        assert pickle.loads(pickle.dumps(two[:20])) == one[:20]  # what workers sent pickles too
+        again = tok.encode_batch(texts, max_length=128, return_offsets=False, workers=2)
+        assert tok._pool is pool  # kept between calls: the workers' caches stay warm
+        assert again == tok.encode_batch(texts, max_length=128, return_offsets=False, workers=1)
+    assert tok._pool is None
+
+
+@pytest.mark.parametrize("options", [
+    {"truncation": False},
+    {"max_length": 64, "truncation": "only_second", "stride": 16, "return_overflowing": True, "padding": "longest"},
+    {"max_length": 48, "stride": 8, "return_overflowing": True, "padding": "max_length"},
+    {"max_length": 40, "truncation": "only_first", "stride": 4, "return_overflowing": True, "return_offsets": False},
+])
+def test_workers_give_the_same_encodings_with_pairs_windows_and_offsets(tok, monkeypatch, options):
+    """Many small jobs (the pool forced on a small batch) reassemble in input order, windows and padding included."""
+    pairs = squad_pairs()[::50]
+    if options.get("truncation") == "only_first":
+        pairs = [(c, q) for q, c in pairs]
+    items = [x for i, pair in enumerate(pairs) for x in ([pair, ADVERSARIAL[i % len(ADVERSARIAL)]])]
+    if options.get("truncation") == "only_second":
+        items = pairs
+    monkeypatch.setattr(tokenizer_module, "_POOL_MIN_CHARS", 0)
+    monkeypatch.setattr(tokenizer_module, "_CHUNK_CHARS", 3000)
+    one = tok.encode_batch(items, **options, workers=1)
+    three = tok.encode_batch(items, **options, workers=3)
+    assert len(tok._pool._processes) == 2
+    assert three == one
+    assert any(e.overflowing for e in one) == bool(options.get("return_overflowing"))
+    tok.close()
+
+
+def test_a_dead_worker_is_an_error_and_the_next_call_recovers(minilm, monkeypatch):
+    monkeypatch.setattr(tokenizer_module, "_POOL_MIN_CHARS", 0)
+    texts = sst2_dev()
+    with Tokenizer.from_pretrained(minilm) as tok:
+        want = tok.encode_batch(texts, workers=1)
+        assert tok.encode_batch(texts, workers=2) == want
+        for pid in tok._pool._processes:
+            os.kill(pid, signal.SIGKILL)
+        with pytest.raises(BrokenProcessPool):
+            tok.encode_batch(texts, workers=2)
+        assert tok._pool is None
+        assert tok.encode_batch(texts, workers=2) == want
+
+
+def test_workers_leave_when_their_parent_is_killed(minilm):
+    script = (
+        "import os, signal, sys\n"
+        "from bertkit import tokenizer\n"
+        "tokenizer._POOL_MIN_CHARS = 0\n"
+        f"tok = tokenizer.Tokenizer.from_pretrained({str(minilm)!r})\n"
+        "tok.encode_batch(['some text'] * 100, workers=3)\n"
+        "print(*tok._pool._processes, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == -signal.SIGKILL, run.stderr
+    pids = [int(p) for p in run.stdout.split()]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in pids):
+        time.sleep(0.2)
+    assert not any(os.path.exists(f"/proc/{p}") for p in pids), "orphaned workers still running"
+
+
+def test_pickled_tokenizer_leaves_its_workers_behind(minilm, monkeypatch):
+    monkeypatch.setattr(tokenizer_module, "_POOL_MIN_CHARS", 0)
+    with Tokenizer.from_pretrained(minilm) as tok:
+        want = tok.encode_batch(["a text", "another one"], workers=2)
+        copy = pickle.loads(pickle.dumps(tok))
+        assert copy._pool is None and tok._pool is not None
+        assert copy.encode_batch(["a text", "another one"], workers=1) == want
+
+
+def test_workers_must_be_positive(tok):
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="workers"):
+            tok.encode_batch(["a"], workers=bad)
+
+
+# --- loading ---------------------------------------------------------------------------------------------------
+
+def test_tokenizer_config_values_are_checked(minilm, tmp_path):
+    Tokenizer.from_pretrained(minilm).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, "do_lower_case": "false"}))
+    with pytest.raises(ValueError, match=r"tokenizer_config\.json: do_lower_case must be bool, not 'false'"):
+        Tokenizer.from_pretrained(tmp_path)
+
+
+def test_run_folder_gives_its_best_model_tokenizer(minilm, tmp_path):
+    Tokenizer.from_pretrained(minilm, do_lower_case=False).save_pretrained(tmp_path / "run" / "best")
+    (tmp_path / "run" / "best" / "config.json").write_text("{}")
+    assert Tokenizer.from_pretrained(tmp_path / "run").do_lower_case is False
+
+
+# --- the command line, in worker processes --------------------------------------------------------------------
+
+def test_cli_tokenize_same_bytes_for_any_number_of_workers(minilm, tmp_path):
+    texts = imdb_texts(30)  # 1,667 reviews, 2.2 MB: over the size that uses the pool
+    lines = [t.replace("\t", " ").replace("\r", " ").replace("\n", " ") for t in texts]
+    lines = [f"{a}\t{b}" if i % 3 == 0 else a for i, (a, b) in enumerate(zip(lines, lines[1:]))]  # some pairs
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert src.stat().st_size > tokenizer_module._POOL_MIN_CHARS
+    outputs = []
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}.jsonl"
+        run = subprocess.run([sys.executable, "-m", "bertkit.cli", "tokenize", "--model", str(minilm), "--input",
+                              str(src), "--output", str(out), "--workers", str(workers), "--no-progress"],
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1]
+    rows = outputs[0].decode().splitlines()
+    assert len(rows) == len(lines)
+    first = json.loads(rows[0])  # a pair: the second text's tokens follow the first [SEP]
+    assert first["token_type_ids"][-1] == 1 and first["tokens"][0] == "[CLS]"
+
+
+def test_cli_tokenize_bad_vocabulary_is_one_line(tmp_path):
+    (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nhello\nhello\n", encoding="utf-8")
+    src = tmp_path / "in.txt"
+    src.write_text("hello\n", encoding="utf-8")
+    run = subprocess.run([sys.executable, "-m", "bertkit.cli", "tokenize", "--model", str(tmp_path), "--input",
+                          str(src)], capture_output=True, text=True)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip().count("\n") == 0 and "lines 6 and 7 hold the same token 'hello'" in run.stderr

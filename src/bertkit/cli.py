@@ -18,6 +18,8 @@ import argparse
 import signal
 import sys
 
+from bertkit.hub import DEFAULT_MODEL
+
 
 class UserError(Exception):
     """Bad input from the user: printed as one line, no traceback."""
@@ -105,19 +107,23 @@ def _parser(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.A
 
 
 def _add_tokenize(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tokenize", help="tokenize texts (one per line, or tab-separated pairs) to JSON lines")
-    p.add_argument("--vocab", required=True, help="directory with vocab.txt (and tokenizer_config.json), "
-                   "a vocab.txt file, or an installed model name")
+    p = _parser(sub, "tokenize", "tokenize texts (one per line, or tab-separated pairs) to JSON lines")
+    p.add_argument("--model", "--vocab", default=DEFAULT_MODEL, help="model or tokenizer folder (with "
+                   "vocab.txt), a vocab.txt file, a run folder or an installed model name")
     p.add_argument("--input", default="-", help="input file, '-' for stdin")
-    p.add_argument("--output", default="-", help="output file, '-' for stdout")
-    p.add_argument("--max-length", type=int, default=None)
+    p.add_argument("--output", default="-", help="output file (written whole or not at all), '-' for stdout")
+    p.add_argument("--max-length", type=max_length, default=None, help="truncate to this many tokens "
+                   "(None: never)")
     p.add_argument("--cased", action="store_true", help="do not lowercase (overrides tokenizer_config.json)")
+    p.add_argument("--workers", type=positive_int, default=None, help="processes (None: all cores); "
+                   "the output is the same for any number")
+    p.add_argument("--no-progress", action="store_true")
 
     def run(a):
         from bertkit.tokenizer import tokenize_file
 
-        tokenize_file(a.vocab, a.input, a.output, max_length=a.max_length,
-                      do_lower_case=False if a.cased else None)
+        tokenize_file(a.model, a.input, a.output, max_length=a.max_length, do_lower_case=False if a.cased else None,
+                      workers=a.workers, progress=not a.no_progress)
 
     p.set_defaults(func=run)
 

@@ -45,7 +45,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from bertkit.io import chunked, read_texts
-from bertkit.tokenizer import CLS, MASK, MAX_CHARS_PER_WORD, PAD, SEP, UNK, Tokenizer, basic_tokenize
+from bertkit.tokenizer import Tokenizer
+from bertkit.wordpiece import CLS, MASK, MAX_CHARS_PER_WORD, PAD, SEP, UNK, basic_tokenize
 
 PREFIX = "##"  # marks a piece that continues a word
 # Below this much input a worker pool costs more than it saves.

@@ -319,6 +319,20 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = _parser(sub, "convert", "Google's TensorFlow BERT checkpoint (bert_config.json, vocab.txt, "
+                "bert_model.ckpt.*) -> the Hugging Face layout, without TensorFlow")
+    p.add_argument("source", help="folder of the TensorFlow checkpoint (or its path prefix, e.g. DIR/model.ckpt-1000)")
+    p.add_argument("--output", "-o", required=True, help="new folder for config.json, model.safetensors, vocab.txt")
+
+    def run(a):
+        from bertkit.tf_checkpoint import convert_tf_checkpoint
+
+        print(convert_tf_checkpoint(a.source, a.output))
+
+    p.set_defaults(func=run)
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole BERT story on a built-in default: data, tokenization, contextual "
                        "vectors, sentiment fine-tuning, tiny pre-training, report.md")
@@ -346,7 +360,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 # Registered in the order `bertkit --help` lists them.
 SUBCOMMANDS = [_add_tokenize, _add_vocab, _add_prepare, _add_pretrain, _add_finetune, _add_evaluate, _add_predict,
-               _add_embed, _add_demo]
+               _add_embed, _add_convert, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 from collections.abc import Callable, Iterable, Iterator
@@ -99,11 +100,7 @@ def read_weights(model_dir: Path) -> Iterator[tuple[str, torch.Tensor]]:
     if index.is_file():
         return (item for path in _shards(index) for item in _read_safetensors(path))
     if legacy.is_file():
-        try:
-            state = torch.load(legacy, map_location="cpu", weights_only=True)
-        except Exception as e:  # weights_only refuses anything but plain tensors; a damaged zip fails too
-            raise ValueError(f"{legacy}: not a plain tensor file ({_first_line(e)}); "
-                             f"bertkit does not run pickled code") from None
+        state = load_tensors(legacy)
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise ValueError(f"{legacy}: expected a dict of named tensors")
         return _drain(state)
@@ -111,6 +108,17 @@ def read_weights(model_dir: Path) -> Iterator[tuple[str, torch.Tensor]]:
         return tf_checkpoint.read_tf_weights(model_dir)
     raise FileNotFoundError(f"{model_dir}: no model.safetensors, model.safetensors.index.json, pytorch_model.bin "
                             f"or TensorFlow checkpoint")
+
+
+def load_tensors(path: Path) -> Any:
+    """torch.load for files of tensors and plain values only: pickled code is refused, never run."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path}: refused: it holds pickled objects other than tensors and plain values "
+                         f"(bertkit never runs pickled code)") from None
+    except (RuntimeError, EOFError, OSError) as e:  # a truncated or damaged zip archive
+        raise ValueError(f"{path}: damaged file ({_first_line(e)})") from None
 
 
 def _shards(index: Path) -> list[Path]:

@@ -1,4 +1,5 @@
-"""Shared test fixtures: where the real data and the real weights live."""
+"""Shared test fixtures and helpers: where the real data and the real weights live, a tiny
+classifier for the engine, small corpora and vocabularies for pre-training."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 # Real data sits beside the project root (../shared/data), in CI too.
@@ -46,3 +50,60 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------------------- shared by several test files
+
+
+def small_vocab(directory: Path, size: int = 5000) -> Path:
+    """The first `size` entries of MiniLM's vocabulary (specials, characters, ## characters, the
+    most frequent words): real word pieces, but an embedding small enough for fast tests."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = (minilm_dir() / "vocab.txt").read_text(encoding="utf-8").splitlines()[:size]
+    (directory / "vocab.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return directory
+
+
+def imdb_sample(path: Path, n: int) -> Path:
+    """The first n reviews of the real IMDB training set, as a JSON-lines corpus."""
+    with open(data_path("imdb", "train.jsonl"), encoding="utf-8") as f:
+        path.write_text("".join(next(f) for _ in range(n)), encoding="utf-8")
+    return path
+
+
+class Tiny(nn.Module):
+    """Embedding -> LayerNorm -> dropout -> mean pool -> linear: the engine's view of a task model."""
+
+    def __init__(self, vocab: int = 50, hidden: int = 16, dropout: float = 0.1):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, hidden)
+        self.norm = nn.LayerNorm(hidden)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden, 2)
+
+    def forward(self, input_ids, attention_mask, labels, **_):
+        h = self.drop(self.norm(self.emb(input_ids)))  # [batch, seq, hidden]
+        m = attention_mask.unsqueeze(-1).float()
+        logits = self.out((h * m).sum(1) / m.sum(1))  # [batch, 2]
+        return {"loss": F.cross_entropy(logits, labels), "logits": logits}
+
+
+def make(seed: int = 0, dropout: float = 0.1) -> Tiny:
+    torch.manual_seed(seed)
+    return Tiny(dropout=dropout)
+
+
+def features(n: int = 64, seq: int = 8, varied: bool = True, seed: int = 0) -> list[dict]:
+    """n examples for Tiny: random ids, label = whether the first id is below 25."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        length = int(torch.randint(3, seq + 1, (1,), generator=g)) if varied else seq
+        ids = torch.randint(1, 50, (length,), generator=g).tolist()
+        out.append({"input_ids": ids, "attention_mask": [1] * length, "labels": int(ids[0] < 25)})
+    return out
+
+
+def accuracy(batch, out):
+    """batch_stats for Tiny: correct predictions / examples."""
+    return {"accuracy": ((out["logits"].argmax(-1) == batch["labels"]).sum(), len(batch["labels"]))}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
+import shutil
 
 import numpy as np
 import pytest
@@ -24,24 +24,7 @@ from bertkit.data import (
 )
 from bertkit.data.instances import document_instances, truncate_seq_pair
 from bertkit.tokenizer import Tokenizer
-from conftest import data_path, minilm_dir
-
-
-def small_vocab(directory: Path, size: int = 5000) -> Path:
-    """The first `size` entries of MiniLM's vocabulary (specials, characters, ## characters, the
-    most frequent words): real word pieces, but an embedding small enough for fast tests."""
-    directory.mkdir(parents=True, exist_ok=True)
-    lines = (minilm_dir() / "vocab.txt").read_text(encoding="utf-8").splitlines()[:size]
-    (directory / "vocab.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return directory
-
-
-def imdb_sample(path: Path, n: int) -> Path:
-    """The first n reviews of the real IMDB training set, as a JSON-lines corpus."""
-    with open(data_path("imdb", "train.jsonl"), encoding="utf-8") as f:
-        path.write_text("".join(next(f) for _ in range(n)), encoding="utf-8")
-    return path
-
+from conftest import imdb_sample, minilm_dir, small_vocab
 
 # ---------------------------------------------------------------------------- sentences and documents
 
@@ -212,6 +195,73 @@ def test_vocabulary_mismatch_is_refused(prepared, tmp_path):
     data.check_vocab(Tokenizer.from_pretrained(minilm_dir()).vocab)
     with pytest.raises(ValueError, match="different vocabulary"):
         data.check_vocab(Tokenizer.from_pretrained(small_vocab(tmp_path / "v")).vocab)
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:-10])
+
+
+def _set_meta(out, change):
+    meta = json.loads((out / "meta.json").read_text())
+    change(meta)
+    (out / "meta.json").write_text(json.dumps(meta))
+
+
+def _rewrite(path, change):
+    a = np.load(path)
+    change(a)
+    np.save(path, a)
+
+
+def _pickled(path):
+    np.save(path, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+
+
+DAMAGES = {  # name -> (damage(out folder), what the error must say)
+    "truncated ids": (lambda o: _truncate(o / "shard-00001" / "ids.npy"), r"shard-00001/ids.npy: truncated or damaged"),
+    "missing array": (lambda o: (o / "shard-00002" / "next.npy").unlink(), r"shard-00002/next.npy: missing"),
+    "pickled array": (lambda o: _pickled(o / "shard-00000" / "a_end.npy"), r"shard-00000/a_end.npy: truncated or"),
+    "wrong dtype": (lambda o: np.save(o / "shard-00000" / "offsets.npy", np.zeros(3, np.float32)),
+                    r"offsets.npy: expected a 1-D int64 array"),
+    "id above the vocabulary": (lambda o: _rewrite(o / "shard-00001" / "ids.npy", lambda a: a.__setitem__(5, 40000)),
+                                r"shard-00001/ids.npy: token id 40000 is not in the vocabulary of 30522"),
+    "offsets not rising": (lambda o: _rewrite(o / "shard-00000" / "offsets.npy",
+                                              lambda a: a.__setitem__(3, a[2] - 1)), r"offsets must rise"),
+    "instances not as in meta": (lambda o: _set_meta(o, lambda m: m["shards"][1].__setitem__("instances", 3)),
+                                 r"shard-00001: \d+ instances and \d+ tokens on disk, .*meta.json says 3 and"),
+    "tokens not as in meta": (lambda o: _set_meta(o, lambda m: m["shards"][0].__setitem__("tokens", 10**9)),
+                              r"says \d+ and 1000000000"),
+    "shard outside the folder": (lambda o: _set_meta(o, lambda m: m["shards"][0].__setitem__("name", "../shard")),
+                                 r"shard name '../shard' is not a folder inside"),
+    "meta not JSON": (lambda o: (o / "meta.json").write_text("{"), r"meta.json: not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_damaged_shards_are_one_line_errors_naming_the_file(prepared, tmp_path, damage):
+    out = tmp_path / "out"
+    shutil.copytree(prepared[0] / "out", out)
+    PretrainingData(out)  # the copy reads back
+    change, message = DAMAGES[damage]
+    change(out)
+    with pytest.raises(ValueError, match=message) as e:
+        PretrainingData(out)
+    assert "\n" not in str(e.value)
+
+
+def test_fingerprints_tell_data_and_batches_apart(prepared, tmp_path):
+    shutil.copytree(prepared[0] / "out", tmp_path / "copy")
+    data, copy = PretrainingData(prepared[0] / "out"), PretrainingData(tmp_path / "copy")
+    assert data.fingerprint() == copy.fingerprint()  # a copy is the same data
+    m, _ = masker()
+    batches = lambda d, ids=range(50), seed=0, cfg=m: MaskedBatches(d, list(ids), 8, cfg, seed=seed)
+    same = batches(data).fingerprint()
+    assert batches(copy).fingerprint() == same
+    others = [batches(data, ids=range(1, 51)), batches(data, seed=1), batches(data, cfg=masker(whole_word=True)[0])]
+    assert len({same, *(b.fingerprint() for b in others)}) == 4
+    other_prep = prepare(minilm_dir(), [prepared[1]], tmp_path / "seed", max_seq_length=64, docs_per_shard=50,
+                         workers=1, seed=7, progress=False)
+    assert other_prep and PretrainingData(tmp_path / "seed").fingerprint() != data.fingerprint()
 
 
 # ---------------------------------------------------------------------------- masking

@@ -23,6 +23,10 @@ class UserError(Exception):
     """Bad input from the user: printed as one line, no traceback."""
 
 
+class RunFailed(Exception):
+    """The run itself failed (e.g. training diverged): printed as one line, exit code 1."""
+
+
 class Stopped(Exception):
     """The run was stopped by a signal after saving its state; carries the exit code (128 + signal)."""
 
@@ -159,18 +163,30 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pretrain", help="MLM + NSP pre-training (or continued pre-training) on prepared shards")
+    p = _parser(sub, "pretrain", "MLM + NSP pre-training (or continued pre-training) on prepared shards")
     p.add_argument("--config", default=None, help="YAML or JSON file mirroring bertkit.pretrain.PretrainConfig")
+    p.add_argument("--model", default=None, help="preset (tiny, mini, small, medium, base, large) or a checkpoint "
+                   "to continue from; sets `model`")
+    p.add_argument("--output", default=None, help="the run folder; sets `train.out_dir`")
+    p.add_argument("--device", type=device, default=None, help="cpu, cuda or cuda:N; sets `train.device`")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar; sets `train.progress=false`")
     p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="e.g. data=DIR model=mini train.max_steps=1000 train.lr=1e-4 resume=true")
+                   help="e.g. data=DIR train.max_steps=1000 train.lr=1e-4 train.mixed_precision=bf16 resume=true")
 
     def run(a):
         from bertkit.pretrain import load_config, pretrain
+        from bertkit.train import Diverged
 
-        result = pretrain(load_config(a.config, a.overrides))
+        flags = {"model": a.model, "train.out_dir": a.output, "train.device": a.device,
+                 "train.progress": "false" if a.no_progress else None}
+        overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + a.overrides  # key=value wins
+        try:
+            result = pretrain(load_config(a.config, overrides))
+        except Diverged as e:
+            raise RunFailed(str(e)) from None
         if result.stopped:
-            print("bertkit pretrain: stopped by signal; state saved, rerun with resume=true to continue",
-                  file=sys.stderr)
+            raise Stopped(result.stopped, f"stopped at step {result.step}; state saved; rerun with resume=true "
+                          "to continue")
 
     p.set_defaults(func=run)
 
@@ -367,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     except Stopped as e:
         print(f"bertkit {args.command}: {e}", file=sys.stderr)
         return e.code
+    except RunFailed as e:
+        print(f"bertkit {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
     except (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
             FileExistsError, ValueError) as e:
         # One clear line for bad input; real bugs still get a traceback.

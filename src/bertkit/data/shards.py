@@ -181,20 +181,29 @@ def format_stats(stats: CorpusStats, n_shards: int, out: Path) -> str:
 
 
 class PretrainingData:
-    """All instances of a prepared directory, memory-mapped, indexed 0..len-1 across shards."""
+    """All instances of a prepared directory, memory-mapped, indexed 0..len-1 across shards.
+
+    Opening checks every shard against meta.json (counts, offsets, ids below the vocabulary size),
+    so a damaged or foreign file is a one-line error naming it, not a crash deep in training.
+    """
 
     def __init__(self, directory: str | os.PathLike):
         self.dir = Path(directory)  # also a tokenizer directory: Tokenizer.from_pretrained(self.dir)
         meta_file = self.dir / META
         if not meta_file.is_file():
             raise FileNotFoundError(f"no {META} in {self.dir} (run `bertkit prepare` first, and let it finish)")
-        self.meta = json.loads(meta_file.read_text())
-        if self.meta.get("format") != FORMAT:
-            raise ValueError(f"{meta_file}: format {self.meta.get('format')!r}, expected {FORMAT!r}")
-        self.shards = []
-        for s in self.meta["shards"]:
-            d = self.dir / s["name"]
-            self.shards.append({k: np.load(d / f"{k}.npy", mmap_mode="r") for k in ("ids", "offsets", "a_end", "next")})
+        try:
+            self.meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{meta_file}: not valid JSON ({e})") from None
+        if not isinstance(self.meta, dict) or self.meta.get("format") != FORMAT:
+            found = self.meta.get("format") if isinstance(self.meta, dict) else None
+            raise ValueError(f"{meta_file}: format {found!r}, expected {FORMAT!r}")
+        for key in ("shards", "vocab_size", "vocab_sha1", "max_seq_length"):
+            if key not in self.meta:
+                raise ValueError(f"{meta_file}: no {key!r} (damaged or hand-edited; run `bertkit prepare` again)")
+        self.shards = [_open_shard(self.dir, entry, self.meta["vocab_size"], meta_file)
+                       for entry in self.meta["shards"]]
         self.starts = np.cumsum([0] + [len(s["a_end"]) for s in self.shards]).tolist()
 
     @property
@@ -226,8 +235,53 @@ class PretrainingData:
         ids = np.asarray(sh["ids"][sh["offsets"][j]:sh["offsets"][j + 1]], dtype=np.int64)
         return ids, int(sh["a_end"][j]), int(sh["next"][j])
 
+    def fingerprint(self) -> str:
+        """Identifies the prepared data: the same for a copy of the folder, different after a new `prepare`."""
+        keys = ("format", "max_seq_length", "short_seq_prob", "dupe_factor", "seed", "vocab_sha1", "shards")
+        return hashlib.sha1(json.dumps({k: self.meta.get(k) for k in keys}, sort_keys=True).encode()).hexdigest()
+
     def check_vocab(self, vocab: dict[str, int]) -> None:
         """Refuse to train a model whose vocabulary is not the one the ids were made with."""
         if vocab_fingerprint(vocab) != self.meta["vocab_sha1"]:
             raise ValueError(f"{self.dir}: prepared with a different vocabulary than the model's "
                              f"({self.meta['vocab_size']} vs {len(vocab)} entries, or different order)")
+
+
+ARRAYS = {"ids": (np.uint16, np.uint32), "offsets": (np.int64,), "a_end": (np.uint16,), "next": (np.uint8,)}
+
+
+def _open_shard(directory: Path, entry: dict, vocab_size: int, meta_file: Path) -> dict[str, np.ndarray]:
+    """The four arrays of one shard (memory-mapped), each checked against meta.json; ValueError names the file."""
+    name = entry.get("name") if isinstance(entry, dict) else None
+    # A shard name is one folder inside `directory`: meta.json may not point anywhere else.
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        raise ValueError(f"{meta_file}: shard name {name!r} is not a folder inside {directory}")
+    arrays = {}
+    for key, dtypes in ARRAYS.items():
+        path = directory / name / f"{key}.npy"
+        try:
+            a = np.load(path, mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError:
+            raise ValueError(f"{path}: missing (run `bertkit prepare` again)") from None
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(f"{path}: truncated or damaged ({e}); run `bertkit prepare` again") from None
+        if a.ndim != 1 or a.dtype not in dtypes:
+            raise ValueError(f"{path}: expected a 1-D {' or '.join(np.dtype(t).name for t in dtypes)} array, "
+                             f"got {a.dtype} with shape {a.shape}")
+        arrays[key] = a
+    ids, offsets, a_end, nxt = arrays["ids"], arrays["offsets"], arrays["a_end"], arrays["next"]
+    shard = directory / name
+    n, tokens = entry.get("instances"), entry.get("tokens")
+    if not (len(a_end) == len(nxt) == len(offsets) - 1 == n) or len(ids) != tokens:
+        raise ValueError(f"{shard}: {len(a_end)} instances and {len(ids)} tokens on disk, {meta_file} says "
+                         f"{n} and {tokens}")
+    lengths = np.diff(offsets)
+    if n and (offsets[0] != 0 or offsets[-1] != len(ids) or lengths.min() < 3):
+        raise ValueError(f"{shard / 'offsets.npy'}: offsets must rise from 0 to {len(ids)} (the ids' length), "
+                         "by at least 3 tokens per instance")
+    if n and (a_end.min() < 2 or (a_end >= lengths).any() or nxt.max() > 1):
+        raise ValueError(f"{shard}: a_end.npy or next.npy holds values outside their instances")
+    if tokens and int(ids.max()) >= vocab_size:
+        raise ValueError(f"{shard / 'ids.npy'}: token id {int(ids.max())} is not in the vocabulary "
+                         f"of {vocab_size} entries ({meta_file})")
+    return arrays

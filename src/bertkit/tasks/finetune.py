@@ -228,7 +228,7 @@ def finetune(task: str | Task | None, model: str | Path, out_dir: str | Path, *,
 
     out_dir = Path(out_dir)
     cfg = TrainConfig(lr=lr, epochs=epochs, warmup=warmup, weight_decay=weight_decay, seed=seed,
-                      dtype="bf16" if bf16 else "fp32", out_dir=str(out_dir), metric=t.metric,
+                      mixed_precision="bf16" if bf16 else "no", out_dir=str(out_dir), metric=t.metric,
                       greater_is_better=True, progress=progress)
     batches = Batches(train_set.features, batch_size, shuffle=True, seed=seed)
     result = train(net, batches, cfg, dev_set.evaluate, batch_stats=partial(train_stats, t.kind))

@@ -100,7 +100,7 @@ def read_weights(model_dir: Path) -> Iterator[tuple[str, torch.Tensor]]:
     if index.is_file():
         return (item for path in _shards(index) for item in _read_safetensors(path))
     if legacy.is_file():
-        state = load_tensors(legacy)
+        state = load_tensors(legacy, "PyTorch weights file")
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise ValueError(f"{legacy}: expected a dict of named tensors")
         return _drain(state)
@@ -110,15 +110,15 @@ def read_weights(model_dir: Path) -> Iterator[tuple[str, torch.Tensor]]:
                             f"or TensorFlow checkpoint")
 
 
-def load_tensors(path: Path) -> Any:
+def load_tensors(path: Path, what: str = "file of tensors") -> Any:
     """torch.load for files of tensors and plain values only: pickled code is refused, never run."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise ValueError(f"{path}: refused: it holds pickled objects other than tensors and plain values "
-                         f"(bertkit never runs pickled code)") from None
-    except (RuntimeError, EOFError, OSError) as e:  # a truncated or damaged zip archive
-        raise ValueError(f"{path}: damaged file ({_first_line(e)})") from None
+        raise ValueError(f"{path}: refused, it holds pickled objects other than tensors and plain values "
+                         "(loading it could run code)") from None
+    except Exception as e:  # truncated, or not a torch file at all
+        raise ValueError(f"{path}: damaged or not a {what} ({type(e).__name__})") from None
 
 
 def _shards(index: Path) -> list[Path]:

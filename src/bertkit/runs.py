@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import shutil
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from bertkit.checkpoint import load_tensors
 from bertkit.io import atomic_dir, atomic_write, recover_dir, remove_stale_temps, write_json, write_text
 from bertkit.plots import plot_curves
 
@@ -104,13 +104,9 @@ class RunFolder:
         """state.pt, read with weights_only=True: loading never runs pickled code."""
         path = self.state_file
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            raise ValueError(f"{path}: refused, it holds pickled objects other than tensors and plain values "
-                             "(loading it could run code)") from None
-        except Exception as e:  # truncated, or not a torch file at all
-            raise ValueError(f"{path}: damaged or not a training state ({type(e).__name__}); "
-                             "restore it, or start afresh with resume=false") from None
+            state = load_tensors(path, "training state")
+        except ValueError as e:
+            raise ValueError(f"{e}; restore it, or start afresh with resume=false") from None
         missing = {"run", "step", "model", "optimizer", "rng"} - (state.keys() if isinstance(state, dict) else set())
         if missing:
             raise ValueError(f"{path}: not a bertkit training state (no {', '.join(sorted(missing))})")

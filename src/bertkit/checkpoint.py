@@ -116,7 +116,7 @@ def load_tensors(path: Path, what: str = "file of tensors") -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise ValueError(f"{path}: refused, it holds pickled objects other than tensors and plain values "
-                         "(loading it could run code)") from None
+                         "(bertkit never runs pickled code)") from None
     except Exception as e:  # truncated, or not a torch file at all
         raise ValueError(f"{path}: damaged or not a {what} ({type(e).__name__})") from None
 

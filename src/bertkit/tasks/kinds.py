@@ -134,8 +134,8 @@ class _TextKind(TaskKind):
     @classmethod
     def from_config(cls, config) -> TaskKind:
         kind = super().from_config(config)
-        kind.head_tail = tuple(config.extra["finetuning_head_tail"]) if config.extra.get("finetuning_head_tail") \
-            else None
+        saved = config.extra.get("finetuning_head_tail")
+        kind.head_tail = tuple(saved) if saved else None
         return kind
 
     def config_extra(self, max_length: int, doc_stride: int | None) -> dict:
@@ -199,7 +199,7 @@ class Regression(_TextKind):
     metric = "spearman"
 
     def __init__(self, labels: Sequence[str] | None = None, head_tail: tuple[int, int] | None = None):
-        super().__init__(None, head_tail)
+        super().__init__(None, head_tail)  # no label names: the one output is the number
 
     @classmethod
     def matches(cls, config) -> bool:

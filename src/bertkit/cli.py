@@ -106,9 +106,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each argument's default, but not None or False: there the help says what happens."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _parser(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
     """A subcommand parser whose --help shows every default."""
-    return sub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return sub.add_parser(name, help=help, description=help, formatter_class=_ShowDefaults)
 
 
 def _add_tokenize(sub: argparse._SubParsersAction) -> None:
@@ -298,7 +307,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     flag("--fp16", action="store_const", const="fp16", dest="mixed_precision", group=precision,
          help="fp16 autocast with loss scaling (CUDA only)", shown="fp32")
     flag("--device", type=train_device, help="auto, cpu, cuda or cuda:N")
-    flag("--freeze-encoder", action="store_const", const=True,
+    flag("--freeze-encoder", action="store_const", const=True, shown="off",
          help="train only the pooler and the head on frozen BERT features (wants a larger --lr, e.g. 1e-3)")
     flag("--max-train-examples", type=positive_int, help="a fixed random subset of the train split", shown="all")
     flag("--max-eval-examples", type=positive_int, help="a fixed random subset of the dev split", shown="all")
@@ -312,10 +321,12 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     flag("--text-column", help="column name (or 0-based index) of the text, in your files")
     flag("--text-pair-column", help="column of the second text, for pairs", shown="none")
     flag("--label-column", help="column of the label, in your files")
-    flag("--regression", action="store_const", const=True, help="your labels are numbers (one output)")
+    flag("--regression", action="store_const", const=True, help="your labels are numbers (one output)",
+         shown="off")
     flag("--labels", type=label_list, help="your label set, comma-separated, in class-id order",
          shown="those in --train-file, sorted")
-    flag("--resume", action="store_const", const=True, help="continue the killed or stopped run in --output")
+    flag("--resume", action="store_const", const=True, help="continue the killed or stopped run in --output",
+         shown="off: start a new run")
     flag("--no-progress", action="store_const", const=False, dest="progress", help="no progress bar",
          shown="a progress bar")
     fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
@@ -338,7 +349,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
 def _model_flags(p: argparse.ArgumentParser, batch_size: int) -> None:
     """What evaluate and predict share: the model and how it runs."""
     p.add_argument("--model", required=True, help="a fine-tuning run folder (its best/), or a fine-tuned model folder")
-    p.add_argument("--batch-size", type=positive_int, default=batch_size)
+    p.add_argument("--batch-size", type=positive_int, default=batch_size, help="inputs per forward pass")
     p.add_argument("--max-length", type=max_length, default=None, help="word pieces per input (default: as the "
                    "model was fine-tuned)")
     p.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N")
@@ -353,12 +364,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=["train", "dev", "test"], default="dev",
                    help="test: where the task has labelled test data (conll2003)")
     p.add_argument("--data-dir", type=existing_dir, default=None, help="folder with glue/, conll2003/, imdb/, "
-                   "squad_v1.1/ (default $BERTKIT_DATA)")
+                   "squad_v1.1/ (default: $BERTKIT_DATA)")
     p.add_argument("--dev-file", type=existing_file, default=None,
                    help="your own labelled .csv/.tsv/.jsonl to score instead of a task's split")
-    p.add_argument("--text-column", default=None, help="with --dev-file: the text's column (default text)")
+    p.add_argument("--text-column", default=None, help="with --dev-file: the text's column (default: text)")
     p.add_argument("--text-pair-column", default=None, help="with --dev-file: the second text's column")
-    p.add_argument("--label-column", default=None, help="with --dev-file: the label's column (default label)")
+    p.add_argument("--label-column", default=None, help="with --dev-file: the label's column (default: label)")
     p.add_argument("--max-examples", type=positive_int, default=None, help="a fixed random subset (default: all)")
     p.add_argument("--seed", type=non_negative_int, default=42, help="picks the --max-examples subset "
                    "(fine-tuning's seed picks the same one)")

@@ -7,13 +7,15 @@ the latest in output/last (Hugging Face layout; config.json carries the label na
 and the input length, so evaluate and predict see inputs as training saw them).
 
 A run can be continued: output/finetune.json holds the settings that define it (with a
-fingerprint of its data) and output/state.pt the engine's state; `resume` compares the
-settings and refuses a run that would not be the same one.
+fingerprint of its data; "status" is running until the run finishes or is stopped by a signal)
+and output/state.pt the engine's state; `resume` compares the settings and refuses a run that
+would not be the same one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import math
@@ -133,7 +135,7 @@ def _open_output(out: Path, resume: bool | str) -> bool:
                          "--output to start a new one")
     out.mkdir(parents=True, exist_ok=True)
     if not os.access(out, os.W_OK):
-        raise PermissionError(13, "output folder is not writable", str(out))
+        raise PermissionError(errno.EACCES, "output folder is not writable", str(out))
     return has_state
 
 

@@ -105,34 +105,33 @@ def _cli_args(cfg: FinetuneConfig) -> list[str]:
             "--max-length", str(cfg.max_length), "--device", "cpu", "--no-progress"]
 
 
-# Runs the CLI in a fresh process and, when KILL_AT is set, signals itself as the KILL_AT-th training batch
-# is drawn: a kill at a known step, with no hook in the code under test. On a clean exit it writes how many
-# batches were drawn to DRAWN_FILE (a resumed run draws only what was left; a restart would draw them all).
+# Runs the CLI in a fresh process and, when KILL_AT is set, signals itself at this process's KILL_AT-th
+# optimizer step: a kill at a known step, with no hook in the code under test. On a clean exit it writes
+# the number of steps this process took to STEPS_FILE (a resumed run takes only those left).
 KILLER = """
 import atexit, os, signal, sys
 import torch
 torch.set_num_threads(1)
-from bertkit import batching, cli
+from bertkit import cli
 
-kill_at, drawn = int(os.environ.get("KILL_AT", "0")), 0
-draw = batching.Batches.__iter__
-atexit.register(lambda: open(os.environ["DRAWN_FILE"], "w").write(str(drawn)))
+kill_at, steps = int(os.environ.get("KILL_AT", "0")), 0
+adamw_step = torch.optim.AdamW.step
 
-def drawing(self):
-    global drawn
-    for batch in draw(self):
-        drawn += 1
-        if drawn == kill_at:
-            os.kill(os.getpid(), getattr(signal, os.environ["KILL_SIGNAL"]))
-        yield batch
+def step(self, *args, **kwargs):
+    global steps
+    steps += 1
+    if steps == kill_at:
+        os.kill(os.getpid(), getattr(signal, os.environ["KILL_SIGNAL"]))
+    return adamw_step(self, *args, **kwargs)
 
-batching.Batches.__iter__ = drawing
+torch.optim.AdamW.step = step
+atexit.register(lambda: open(os.environ["STEPS_FILE"], "w").write(str(steps)))
 sys.exit(cli.main(sys.argv[1:]))
 """
 
 
 def _run(script: Path, args: list[str], kill_at: int = 0, sig: str = "SIGKILL") -> subprocess.CompletedProcess:
-    env = dict(os.environ, KILL_AT=str(kill_at), KILL_SIGNAL=sig, DRAWN_FILE=str(script.with_name("drawn")),
+    env = dict(os.environ, KILL_AT=str(kill_at), KILL_SIGNAL=sig, STEPS_FILE=str(script.with_name("steps")),
                OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True, timeout=300)
 
@@ -151,7 +150,7 @@ def test_stopped_then_killed_finetune_resumes_onto_the_uninterrupted_run(tiny_be
     script = write_file(tmp_path, "killer.py", KILLER)
     cfg = _tiny(tiny_bert, tmp_path / "run")
 
-    stopped = _run(script, _cli_args(cfg), kill_at=5, sig="SIGTERM")  # mid-epoch 1: saves and stops
+    stopped = _run(script, _cli_args(cfg), kill_at=5, sig="SIGTERM")  # step 5, mid-epoch 1: saves and stops
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
     assert stopped.stderr.strip().splitlines()[-1] == (
         f"bertkit finetune: stopped at step 5; state saved in {cfg.output}; rerun with --resume to continue")
@@ -160,12 +159,12 @@ def test_stopped_then_killed_finetune_resumes_onto_the_uninterrupted_run(tiny_be
     with pytest.raises(ValueError, match="holds a fine-tuning run already; continue it with --resume"):
         finetune(cfg)  # no silent restart from step 0
 
-    # Resumed, then killed outright in epoch 2 (drawn batches count the 5 skipped on resuming).
-    killed = _run(script, [*_cli_args(cfg), "--resume"], kill_at=8 + 4, sig="SIGKILL")
+    # Resumed, then killed outright at step 12 (the 7th of this process), in epoch 2.
+    killed = _run(script, [*_cli_args(cfg), "--resume"], kill_at=7, sig="SIGKILL")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     finished = _run(script, [*_cli_args(cfg), "--resume"])
     assert finished.returncode == 0, finished.stderr[-2000:]
-    assert (tmp_path / "drawn").read_text() == "8"  # epoch 2 only: it went on from the state saved at step 8
+    assert (tmp_path / "steps").read_text() == "8"  # epoch 2 only: it went on from the state saved at step 8
 
     assert _records(tmp_path / "run") == _records(tmp_path / "full")  # exact, on CPU
     for export in ("best", "last"):

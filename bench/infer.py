@@ -264,18 +264,19 @@ def bench_end_to_end(label: str, model_dir: str, texts: list[str], args, report:
 
 def accuracy(model_dir: str) -> None:
     """fp32 vs int8 vs bf16 on a fine-tuned classifier's dev set (the task it was trained on)."""
-    from bertkit.tasks.finetune import Prepared, _task_of, load_finetuned
+    from bertkit.tasks.datasets import get_task
+    from bertkit.tasks.predictor import Predictor
 
-    model, tokenizer, _ = load_finetuned(model_dir)
-    task = _task_of(model, None)
-    data = Prepared(task, list(task.examples("dev", DATA)), tokenizer, None)
     preds = {}
     for dtype in DTYPES:
-        with torch.inference_mode():
-            outs, _ = data.outputs(cast_model(model, dtype), 64)
-        preds[dtype] = data.predictions(outs)
-        agree = np.mean([a == b for a, b in zip(preds[dtype], preds["fp32"])])
-        print(f"{task.name} dev, {dtype}: {data.scores(preds[dtype])}  (predictions equal to fp32: {100 * agree:.2f}%)")
+        predictor = Predictor.from_pretrained(model_dir, dtype=dtype)
+        task = get_task(predictor.model.config.extra["finetuning_task"])
+        prepared = predictor.task_kind.features(task.examples("dev", DATA), predictor.tokenizer,
+                                                predictor.max_length, predictor.doc_stride)
+        preds[dtype] = predictor.run(prepared, 64)
+        scores = predictor.task_kind.scores(preds[dtype], [p.example for p in prepared])
+        agree = np.mean([a["label"] == b["label"] for a, b in zip(preds[dtype], preds["fp32"])])
+        print(f"{task.name} dev, {dtype}: {scores}  (predictions equal to fp32: {100 * agree:.2f}%)")
 
 
 def main() -> None:

@@ -107,3 +107,60 @@ def features(n: int = 64, seq: int = 8, varied: bool = True, seed: int = 0) -> l
 def accuracy(batch, out):
     """batch_stats for Tiny: correct predictions / examples."""
     return {"accuracy": ((out["logits"].argmax(-1) == batch["labels"]).sum(), len(batch["labels"]))}
+
+
+def write_file(folder: Path, name: str, text: str) -> Path:
+    """A small UTF-8 test file `folder/name` holding `text`."""
+    p = Path(folder) / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+@pytest.fixture(scope="session")
+def tok(minilm):
+    from bertkit.tokenizer import Tokenizer
+
+    return Tokenizer.from_pretrained(minilm)
+
+
+@pytest.fixture(scope="session")
+def hf_tok(minilm):
+    transformers = pytest.importorskip("transformers")
+    return transformers.BertTokenizerFast.from_pretrained(str(minilm))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(minilm, tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer BERT (hidden 128) with MiniLM's vocabulary: a checkpoint to
+    fine-tune in seconds, for tests of the machinery rather than of what is learnt."""
+    import torch
+
+    from bertkit.config import BertConfig
+    from bertkit.heads import BertModel
+    from bertkit.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_pretrained(minilm)
+    torch.manual_seed(0)
+    model = BertModel(BertConfig.preset("tiny", vocab_size=len(tokenizer.vocab), max_position_embeddings=128))
+    return model.save_pretrained(tmp_path_factory.mktemp("tiny-bert"), tokenizer=tokenizer)
+
+
+@pytest.fixture(scope="session")
+def sst2_run(minilm, tmp_path_factory):
+    """One real fine-tune of MiniLM on an SST-2 subset: (run folder, summary)."""
+    import torch
+
+    from bertkit.tasks.finetune import FinetuneConfig, finetune
+
+    data_path("glue", "SST-2")
+    out = tmp_path_factory.mktemp("sst2") / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        # 25 steps of 8: a high lr (3e-4) is what moves MiniLM off the majority class this fast.
+        summary = finetune(FinetuneConfig(task="sst2", model=str(minilm), output=str(out), epochs=1, lr=3e-4,
+                                          batch_size=8, max_train_examples=200, max_eval_examples=200, max_length=48,
+                                          data_dir=str(DATA_DIR), device="cpu", progress=False))
+    finally:
+        torch.set_num_threads(threads)
+    return out, summary

@@ -89,9 +89,25 @@ def device(text: str) -> str:
     return text
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad argument is one line on stderr (and exit code 2), without the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each argument's default, but not None or False: there the help says what happens."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _parser(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
     """A subcommand parser whose --help shows every default."""
-    return sub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return sub.add_parser(name, help=help, description=help, formatter_class=_ShowDefaults)
 
 
 def _add_tokenize(sub: argparse._SubParsersAction) -> None:
@@ -191,107 +207,251 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _user_task_args(p: argparse.ArgumentParser) -> None:
-    """Columns of a user's own CSV/TSV/JSON-lines files (finetune and evaluate)."""
-    p.add_argument("--data-dir", default=None, help="folder with glue/, conll2003/, imdb/, squad_v1.1/ "
-                   "(default $BERTKIT_DATA)")
-    p.add_argument("--train-file", default=None, help="your own .csv/.tsv/.jsonl training file (no --task)")
-    p.add_argument("--dev-file", default=None, help="your own validation file (picks the best epoch)")
-    p.add_argument("--text-column", default="text", help="column name (or 0-based index) of the text")
-    p.add_argument("--text-pair-column", default=None, help="column of the second text, for pairs")
-    p.add_argument("--label-column", default="label")
-    p.add_argument("--regression", action="store_true", help="labels are numbers to predict (one output)")
-    p.add_argument("--labels", default=None, help="comma-separated label set (default: those in --train-file)")
+# ---------------------------------------------------------------------------- fine-tuning
 
 
-def _user_task(a) -> dict:
-    return dict(dev_file=a.dev_file, text_column=a.text_column, text_pair_column=a.text_pair_column,
-                label_column=a.label_column)
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
+def open_fraction(text: str) -> float:
+    value = fraction(text)
+    if value in (0, 1):
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1 (both excluded)")
+    return value
+
+
+def existing_file(text: str) -> str:
+    from pathlib import Path
+
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    return text
+
+
+def existing_dir(text: str) -> str:
+    from pathlib import Path
+
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: no such folder")
+    return text
+
+
+def label_list(text: str) -> list[str]:
+    labels = [x.strip() for x in text.split(",")]
+    if len(labels) < 2 or not all(labels):
+        raise argparse.ArgumentTypeError(f"{text!r}: give at least two comma-separated label names")
+    if len(set(labels)) != len(labels):
+        raise argparse.ArgumentTypeError(f"{text!r} names a label twice")
+    return labels
+
+
+def task_name(text: str) -> str:
+    from bertkit.tasks.datasets import get_task
+
+    try:
+        return get_task(text).name
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def train_device(text: str) -> str:
+    """auto (cuda when there is one), or a device as `device` checks it."""
+    return text if text == "auto" else device(text)
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("finetune", help="fine-tune a checkpoint on a task (sst2, cola, rte, mrpc, qnli, stsb, "
-                       "imdb, conll2003, squad) or on your own files")
-    p.add_argument("--task", default=None, help="built-in task name; leave out with --train-file")
-    p.add_argument("--model", required=True, help="checkpoint directory or installed model name")
-    p.add_argument("--out-dir", required=True, help="where best/, last/, metrics.jsonl, finetune.json go")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=2e-5)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps (or a step count if >= 1)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast")
-    p.add_argument("--freeze-encoder", action="store_true",
-                   help="train only the pooler and the head on frozen BERT features (use a larger --lr, e.g. 1e-3)")
-    p.add_argument("--max-train-examples", type=int, default=None, help="a fixed random subset of the train split")
-    p.add_argument("--max-eval-examples", type=int, default=None)
-    p.add_argument("--max-length", type=int, default=None, help="default: the task's (128; 384 SQuAD, 512 IMDB)")
-    p.add_argument("--seed", type=int, default=42)
-    _user_task_args(p)
+    import dataclasses
+
+    from bertkit.tasks.datasets import TASKS, USER_FILES_RECIPE
+    from bertkit.tasks.settings import FinetuneConfig
+
+    recipes = "; ".join(f"{name} {r.epochs} epoch(s), lr {r.lr:g}, batch {r.batch_size}, max length {r.max_length}"
+                        for name, r in [*((n, t.recipe) for n, t in TASKS.items()), ("your files", USER_FILES_RECIPE)])
+    p = _parser(sub, "finetune", "fine-tune a checkpoint on a built-in task or on your own files")
+    p.epilog = (f"Settings left unset take the task's recipe: {recipes}; all with warmup 0.1 and weight decay "
+                "0.01. Precedence: command-line flags, then key=value, then --config, then the defaults.")
+    p.add_argument("--config", type=existing_file, default=None, help="YAML or JSON file of FinetuneConfig settings")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="FinetuneConfig settings, e.g. lr=3e-5 labels=[neg,pos] resume=auto")
+    defaults = FinetuneConfig()
+
+    def flag(*names: str, help: str, shown: str | None = None, **kw) -> None:
+        """A setting's flag: absent, it leaves the setting to key=value, --config or the default."""
+        dest = kw.setdefault("dest", names[0].lstrip("-").replace("-", "_"))
+        value = getattr(defaults, dest)
+        shown = shown or ("the task's recipe" if value is None else value)
+        target = kw.pop("group", p)
+        target.add_argument(*names, default=argparse.SUPPRESS, help=f"{help} (default: {shown})", **kw)
+
+    flag("--task", type=task_name, help=f"built-in task: {', '.join(TASKS)}", shown="none: your --train-file")
+    flag("--model", help="checkpoint folder, run folder or installed model name")
+    flag("--output", "--out-dir", help="folder for best/, last/, state.pt, metrics.jsonl, finetune.json")
+    flag("--epochs", type=positive_int, help="passes over the train split")
+    flag("--lr", type=positive_float, help="peak learning rate (AdamW)")
+    flag("--batch-size", type=positive_int, help="examples per micro-batch")
+    flag("--warmup", type=non_negative_float, help="warmup: a fraction of the steps (< 1) or a step count")
+    flag("--weight-decay", type=non_negative_float, help="AdamW weight decay (not on biases and LayerNorm)")
+    flag("--max-steps", type=positive_int, help="stop after this many optimizer steps", shown="the epochs'")
+    flag("--grad-accum", type=positive_int, help="micro-batches per optimizer step")
+    flag("--max-length", type=max_length, help="word pieces per input (QA: per window)")
+    flag("--doc-stride", type=positive_int, help="QA: context tokens shared by consecutive windows")
+    flag("--seed", type=non_negative_int, help="head initialisation, data order, dropout, example subsets")
+    precision = p.add_mutually_exclusive_group()
+    flag("--bf16", action="store_const", const="bf16", dest="mixed_precision", group=precision,
+         help="bf16 autocast (fast on CPUs with AMX/AVX512-BF16, and on GPUs)", shown="fp32")
+    flag("--fp16", action="store_const", const="fp16", dest="mixed_precision", group=precision,
+         help="fp16 autocast with loss scaling (CUDA only)", shown="fp32")
+    flag("--device", type=train_device, help="auto, cpu, cuda or cuda:N")
+    flag("--freeze-encoder", action="store_const", const=True, shown="off",
+         help="train only the pooler and the head on frozen BERT features (wants a larger --lr, e.g. 1e-3)")
+    flag("--max-train-examples", type=positive_int, help="a fixed random subset of the train split", shown="all")
+    flag("--max-eval-examples", type=positive_int, help="a fixed random subset of the dev split", shown="all")
+    flag("--data-dir", type=existing_dir, help="folder with glue/, conll2003/, imdb/, squad_v1.1/",
+         shown="$BERTKIT_DATA")
+    flag("--train-file", type=existing_file, help="your own .csv/.tsv/.jsonl training file (no --task)",
+         shown="none")
+    flag("--dev-file", type=existing_file, help="your own validation file: picks the best epoch", shown="none")
+    flag("--dev-split", type=open_fraction, help="without --dev-file: this fraction of --train-file validates",
+         shown="none")
+    flag("--text-column", help="column name (or 0-based index) of the text, in your files")
+    flag("--text-pair-column", help="column of the second text, for pairs", shown="none")
+    flag("--label-column", help="column of the label, in your files")
+    flag("--regression", action="store_const", const=True, help="your labels are numbers (one output)",
+         shown="off")
+    flag("--labels", type=label_list, help="your label set, comma-separated, in class-id order",
+         shown="those in --train-file, sorted")
+    flag("--resume", action="store_const", const=True, help="continue the killed or stopped run in --output",
+         shown="off: start a new run")
+    flag("--no-progress", action="store_const", const=False, dest="progress", help="no progress bar",
+         shown="a progress bar")
+    fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
 
     def run(a):
+        from bertkit.config import load_settings
         from bertkit.tasks.finetune import finetune
+        from bertkit.train import Diverged
 
-        s = finetune(a.task, a.model, a.out_dir, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
-                     warmup=a.warmup, bf16=a.bf16, freeze_encoder=a.freeze_encoder,
-                     max_train_examples=a.max_train_examples, max_eval_examples=a.max_eval_examples,
-                     max_length=a.max_length, seed=a.seed, data_dir=a.data_dir, train_file=a.train_file,
-                     regression=a.regression, labels=a.labels.split(",") if a.labels else None, **_user_task(a))
-        for row in s["epochs"]:
-            print(f"epoch {row['epoch']}: " + ", ".join(
-                f"{k} {row[k]:.4f}" for k in ("train_loss", "train_accuracy", "train_span_accuracy", "val_loss",
-                                              f"val_{s['metric']}") if k in row)
-                  + f", {row['epoch_seconds']:.1f} s")
-        print(f"best {s['metric']} {s['best']:.4f} at step {s['best_step']} -> {s['best_dir']}")
+        cfg = load_settings(FinetuneConfig, a.config, a.overrides)
+        try:
+            s = finetune(dataclasses.replace(cfg, **{k: v for k, v in vars(a).items() if k in fields}))
+        except Diverged as e:
+            raise RunFailed(str(e)) from None
+        if s["status"] == "stopped":
+            raise Stopped(s["signal"], f"stopped at step {s['step']}; state saved in {s['settings']['output']}; "
+                          "rerun with --resume to continue")
+        best = "none" if s["best"] is None else f"{s['best']:.4f}"
+        print(f"best {s['metric']} {best} at step {s['best_step']} -> {s['best_dir']}")
 
     p.set_defaults(func=run)
 
 
+def _model_flags(p: argparse.ArgumentParser, batch_size: int) -> None:
+    """What evaluate and predict share: the model and how it runs."""
+    p.add_argument("--model", required=True, help="a fine-tuning run folder (its best/), or a fine-tuned model folder")
+    p.add_argument("--batch-size", type=positive_int, default=batch_size, help="inputs per forward pass")
+    p.add_argument("--max-length", type=max_length, default=None, help="word pieces per input (default: as the "
+                   "model was fine-tuned)")
+    p.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "int8"], default="fp32", help="weights for inference")
+
+
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="score a fine-tuned model on a task's dev (or test) split; prints JSON")
-    p.add_argument("model_dir", help="a finetune --out-dir (or its best/)")
-    p.add_argument("--task", default=None, help="default: the task the model was fine-tuned on")
-    p.add_argument("--split", default="dev", help="dev, or test where the task has labelled test data (conll2003)")
-    p.add_argument("--max-examples", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=64)
-    _user_task_args(p)
+    p = _parser(sub, "evaluate", "score a fine-tuned model on a task's split, or on your own labelled file; "
+                "prints JSON")
+    _model_flags(p, batch_size=64)
+    p.add_argument("--task", type=task_name, default=None, help="a built-in task (default: the model's own)")
+    p.add_argument("--split", choices=["train", "dev", "test"], default="dev",
+                   help="test: where the task has labelled test data (conll2003)")
+    p.add_argument("--data-dir", type=existing_dir, default=None, help="folder with glue/, conll2003/, imdb/, "
+                   "squad_v1.1/ (default: $BERTKIT_DATA)")
+    p.add_argument("--dev-file", type=existing_file, default=None,
+                   help="your own labelled .csv/.tsv/.jsonl to score instead of a task's split")
+    p.add_argument("--text-column", default=None, help="with --dev-file: the text's column (default: text)")
+    p.add_argument("--text-pair-column", default=None, help="with --dev-file: the second text's column")
+    p.add_argument("--label-column", default=None, help="with --dev-file: the label's column (default: label)")
+    p.add_argument("--max-examples", type=positive_int, default=None, help="a fixed random subset (default: all)")
+    p.add_argument("--seed", type=non_negative_int, default=42, help="picks the --max-examples subset "
+                   "(fine-tuning's seed picks the same one)")
+    p.add_argument("--output", default="-", help="JSON file for the scores, '-' for stdout")
 
     def run(a):
         import json
 
+        from bertkit import io
         from bertkit.tasks.finetune import evaluate
 
-        print(json.dumps(evaluate(a.model_dir, a.task, split=a.split, data_dir=a.data_dir,
-                                  max_examples=a.max_examples, batch_size=a.batch_size, **_user_task(a))))
+        scores = evaluate(a.model, a.task, a.split, data_dir=a.data_dir, dev_file=a.dev_file,
+                          text_column=a.text_column, text_pair_column=a.text_pair_column,
+                          label_column=a.label_column, max_examples=a.max_examples, batch_size=a.batch_size,
+                          max_length=a.max_length, dtype=a.dtype, device=a.device, seed=a.seed)
+        if a.output == "-":
+            print(json.dumps(scores, allow_nan=False))
+        else:
+            io.write_json(a.output, scores)
 
     p.set_defaults(func=run)
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="labels, entities or answer spans for raw text; JSON lines out")
-    p.add_argument("model_dir", help="a finetune --out-dir (or its best/)")
-    p.add_argument("--text", action="append", default=None,
-                   help="an input (repeatable); pairs and QA as 'text<TAB>pair' / 'question<TAB>context'")
-    p.add_argument("--input", default="-", help="file with one input per line (same format), '-' for stdin")
+    p = _parser(sub, "predict", "labels, entities or answer spans for raw text; JSON lines out")
+    _model_flags(p, batch_size=32)
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--text", action="append", default=None,
+                        help="an input (repeatable); pairs and QA as 'text<TAB>pair' / 'question<TAB>context'")
+    source.add_argument("--input", default="-", help="file with one input per line (same format), '-' for stdin")
+    p.add_argument("--output", default="-", help="JSON-lines file to write, '-' for stdout")
 
     def run(a):
         import json
 
-        from bertkit.tasks.finetune import predict
+        from bertkit import io
+        from bertkit.tasks.predictor import Predictor
 
-        if a.text is not None:
-            lines = a.text
-        elif a.input == "-":
-            lines = sys.stdin.read().splitlines()
+        predictor = Predictor.from_pretrained(a.model, dtype=a.dtype, device=a.device, max_length=a.max_length)
+        name = "--text" if a.text is not None else ("<stdin>" if a.input == "-" else a.input)
+        lines = enumerate(a.text, 1) if a.text is not None else io.read_lines(a.input)
+        blank = 0
+
+        def inputs():
+            nonlocal blank
+            for n, line in lines:
+                if not line.strip():
+                    blank += 1
+                    continue
+                try:
+                    yield predictor.task_kind.parse_line(line)
+                except ValueError as e:
+                    raise UserError(f"{name}:{n}: {e}") from None
+
+        def write(f) -> None:
+            count = 0
+            for chunk in io.chunked(inputs(), 1024):  # streams: memory holds one chunk, not the file
+                for x, result in zip(chunk, predictor(chunk, a.batch_size)):
+                    f.write(json.dumps({"input": x, **result}, ensure_ascii=False) + "\n")
+                count += len(chunk)
+            if count == 0:
+                raise UserError(f"{name}: no input text (give --text, --input FILE, or lines on stdin)")
+
+        if a.output == "-":
+            write(sys.stdout)
         else:
-            with open(a.input, encoding="utf-8") as f:
-                lines = f.read().splitlines()
-        inputs = [tuple(x.split("\t", 1)) if "\t" in x else x for x in lines if x.strip()]
-        if not inputs:
-            raise UserError("no input text (give --text, --input FILE, or lines on stdin)")
-        for text, result in zip(inputs, predict(a.model_dir, inputs)):
-            print(json.dumps({"input": text, **result}, ensure_ascii=False))
+            io.atomic_write(a.output, lambda path: _write_with(path, write))
+        if blank:
+            print(f"predict: {name}: {blank} blank line(s) skipped", file=sys.stderr)
 
     p.set_defaults(func=run)
+
+
+def _write_with(path, write) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        write(f)
 
 
 def _add_embed(sub: argparse._SubParsersAction) -> None:
@@ -336,25 +496,32 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the whole BERT story on a built-in default: data, tokenization, contextual "
-                       "vectors, sentiment fine-tuning, tiny pre-training, report.md")
-    p.add_argument("--work-dir", default="runs/demo", help="everything goes here; a re-run reuses what is cached")
+    p = _parser(sub, "demo", "the whole BERT story on a built-in default: data, tokenization, contextual "
+                "vectors, sentiment fine-tuning, tiny pre-training, report.md")
+    p.add_argument("--work-dir", default=None, help="everything goes here; a re-run reuses what is cached "
+                   "(default runs/demo)")
     p.add_argument("--steps", default=None, help="comma-separated subset of: data,tokens,bat,finetune,pretrain,report")
-    p.add_argument("--fast", action="store_true", help="a small budget (256 train snippets, 1 epoch, 10 "
+    p.add_argument("--fast", action="store_true", help="a small budget (512 train snippets, 1 epoch, 10 "
                    "pre-training steps): every step in a minute or two")
+    p.add_argument("--config", type=existing_file, default=None, help="YAML or JSON file of DemoConfig settings")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="DemoConfig settings, e.g. finetune.batch_size=16 pretrain.lr=5e-4")
     p.add_argument("--model", default=None, help="checkpoint to fine-tune (default all-MiniLM-L6-v2)")
-    p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default 2)")
-    p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default 5e-5)")
-    p.add_argument("--max-train-examples", type=int, default=None, help="a fixed random subset of the train split")
-    p.add_argument("--pretrain-steps", type=int, default=None)
+    p.add_argument("--epochs", type=positive_int, default=None, help="fine-tuning epochs (default 2)")
+    p.add_argument("--lr", type=positive_float, default=None, help="fine-tuning learning rate (default 5e-5)")
+    p.add_argument("--max-train-examples", type=positive_int, default=None,
+                   help="a fixed random subset of the train split")
+    p.add_argument("--pretrain-steps", type=positive_int, default=None)
 
     def run(a):
+        from bertkit.config import load_settings
         from bertkit.demo import STEPS, DemoConfig, run_demo
 
-        given = {k: v for k, v in dict(work_dir=a.work_dir, model=a.model, epochs=a.epochs, lr=a.lr,
-                                        max_train_examples=a.max_train_examples,
-                                        pretrain_steps=a.pretrain_steps).items() if v is not None}
-        cfg = DemoConfig.fast(**given) if a.fast else DemoConfig(**given)
+        flags = {"work_dir": a.work_dir, "finetune.model": a.model, "finetune.epochs": a.epochs,
+                 "finetune.lr": a.lr, "finetune.max_train_examples": a.max_train_examples,
+                 "pretrain.steps": a.pretrain_steps}
+        overrides = [*a.overrides, *(f"{k}={v}" for k, v in flags.items() if v is not None)]  # flags win
+        cfg = load_settings(DemoConfig, a.config, overrides, base=DemoConfig.fast() if a.fast else None)
         run_demo(cfg, tuple(s.strip() for s in a.steps.split(",")) if a.steps else STEPS)
 
     p.set_defaults(func=run)
@@ -368,16 +535,23 @@ SUBCOMMANDS = [_add_tokenize, _add_vocab, _add_prepare, _add_pretrain, _add_fine
 def build_parser() -> argparse.ArgumentParser:
     from bertkit import __version__
 
-    parser = argparse.ArgumentParser(prog="bertkit", description="BERT from first principles.")
+    parser = _Parser(prog="bertkit", description="BERT from first principles.")
     parser.add_argument("--version", action="version", version=f"bertkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(sub)
+    parser.commands = sub.choices  # name -> its parser, which reports the arguments it does not know
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    except SystemExit as e:  # --help, --version, or a bad argument (its line is printed)
+        return e.code if isinstance(e.code, int) else 2 if e.code else 0
     try:
         args.func(args)
     except Stopped as e:

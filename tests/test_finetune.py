@@ -236,7 +236,7 @@ def test_settings_load_from_a_file_and_overrides_and_are_checked(tmp_path):
                               ("device=gpu", "device 'gpu' is not a device"),
                               ("task=nope", "unknown task 'nope'"),
                               ("dev_split=1.5", "dev_split 1.5 must be between 0 and 1"),
-                              ("resume=maybe", "'maybe' fits none of its types"),
+                              ("resume=maybe", "'maybe' is not true or false, nor one of auto"),
                               ("epoch=3", "unknown setting 'epoch'")]:
         with pytest.raises(ValueError, match=message):
             load_settings(FinetuneConfig, None, [override])

@@ -623,7 +623,7 @@ def _train(model, batches, cfg: TrainConfig, evaluate, batch_stats, resume, expo
                 # fp16: the grad scaler itself skips steps whose gradients overflowed
                 bad = not math.isfinite(loss) or (scaler is None and not math.isfinite(grad_norm))
                 time_up = time_spent(at.elapsed + time.perf_counter() - t0)
-                signum, bad, time_up = (int(x) for x in d.max([stop.signum, bad, time_up]))  # ranks decide alike
+                bad, time_up = (int(x) for x in d.max([bad, time_up]))  # ranks decide alike
                 if bad:
                     at.bad_steps += 1
                     what = f"loss {loss:.4g}, gradient norm {grad_norm:.4g}"
@@ -645,6 +645,7 @@ def _train(model, batches, cfg: TrainConfig, evaluate, batch_stats, resume, expo
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 at.step, at.micro = at.step + 1, at.micro + window
+                signum = int(d.max([stop.signum])[0])  # a signal during this step stops the run after it
                 dt = time.perf_counter() - t0
                 at.elapsed += dt
                 if not bad:

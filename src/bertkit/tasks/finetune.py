@@ -31,12 +31,13 @@ from bertkit import io
 from bertkit.batching import Batches
 from bertkit.config import BertConfig
 from bertkit.hub import resolve
+from bertkit.runs import STATE_FILE
 from bertkit.tasks.datasets import Task, get_task, user_task
 from bertkit.tasks.kinds import Prepared, TaskKind
 from bertkit.tasks.predictor import Predictor, forward
 from bertkit.tasks.settings import FinetuneConfig
 from bertkit.tokenizer import Tokenizer
-from bertkit.train import STATE_FILE, TrainConfig, train
+from bertkit.train import TrainConfig, train
 
 SUMMARY_FILE = "finetune.json"
 # Settings that may change when a run is resumed: where and how it runs, not what it computes.

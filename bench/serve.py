@@ -14,9 +14,10 @@ model call on the same single texts is measured first, the floor for 1-client la
 
     .venv/bin/python bench/serve.py [--models embedding,classification] [--servers bertkit,naive,infinity]
     .venv/bin/python bench/serve.py --soak 10          # bertkit, 32 clients, 10 minutes: errors and RSS growth
-    # infinity-emb lives in its own venv (CPU torch first, or pip pulls a CUDA build):
+    # infinity-emb in its own venv: CPU torch first, and only the server and torch extras
+    # ([all] brings torchvision, which pulls a multi-GB CUDA torch):
     python3 -m venv /tmp/infvenv && /tmp/infvenv/bin/pip install torch==2.13.0 \\
-        && /tmp/infvenv/bin/pip install "infinity-emb[all]==0.0.78"
+        && /tmp/infvenv/bin/pip install "infinity-emb[server,torch]==0.0.78"
 """
 
 from __future__ import annotations

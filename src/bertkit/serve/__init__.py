@@ -11,6 +11,6 @@ Needs the serve extra: pip install 'bertkit[serve]'.
 """
 
 from bertkit.serve.app import ServeConfig, create_app
-from bertkit.serve.server import Running, load_model, serve, serve_and_query, start
+from bertkit.serve.server import Running, describe, load_model, serve, serve_and_query, start
 
-__all__ = ["Running", "ServeConfig", "create_app", "load_model", "serve", "serve_and_query", "start"]
+__all__ = ["Running", "ServeConfig", "create_app", "describe", "load_model", "serve", "serve_and_query", "start"]

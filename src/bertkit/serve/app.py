@@ -329,8 +329,9 @@ class Service:
         self.metrics.queue_size.set_function(lambda: len(self.batcher))
         self.in_flight = 0
         self.created = int(time.time())
-        # Tokenizing one request while the model runs another: a thread of its own (pure Python,
-        # so it shares the interpreter with the event loop, but never holds the loop up for long).
+        # Long requests are tokenized on a thread of their own, so that the event loop keeps
+        # answering meanwhile (pure Python: the thread shares the interpreter, but the loop gets
+        # its turns); short ones right on the loop, as a hop to a thread costs more than they do.
         self.tokenizing = ThreadPoolExecutor(1, thread_name_prefix="bertkit-tokenize")
 
     def serves(self, route: str) -> None:
@@ -369,7 +370,10 @@ class Service:
         loop = asyncio.get_running_loop()
         async with self.admit():
             try:
-                prepared = await loop.run_in_executor(self.tokenizing, self.model.prepare, inputs)
+                if _chars(inputs) <= INLINE_CHARS:  # a few sentences: tokenizing is cheaper than a thread hop
+                    prepared = self.model.prepare(inputs)
+                else:
+                    prepared = await loop.run_in_executor(self.tokenizing, self.model.prepare, inputs)
             except TypeError as e:
                 raise ServeError(422, f"{field}: {e}", param=field) from None
             except ValueError as e:  # the tokenizer could not fit an input into max_length
@@ -401,6 +405,13 @@ class Service:
                     routes=self.routes, max_batch_tokens=c.max_batch_tokens,
                     max_client_batch_size=c.max_client_batch_size, max_concurrent_requests=c.max_concurrent_requests,
                     version=__version__).model_dump()
+
+
+INLINE_CHARS = 2000  # ~1 ms of tokenizing
+
+
+def _chars(inputs: list) -> int:
+    return sum(len(x) if isinstance(x, str) else sum(len(y) for y in x) for x in inputs)
 
 
 def _as_list(x) -> tuple[list, bool]:

@@ -57,16 +57,18 @@ def load_model(model: str | Path, *, dtype: str = "fp32", device: str = "cpu", m
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """A bound TCP socket (port 0: any free one, read back with getsockname)."""
+    """A listening TCP socket (port 0: any free one, read back with getsockname)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto given explicitly: asyncio sets TCP_NODELAY only on sockets that say IPPROTO_TCP, and
+    # without it every answer (headers, then body: two writes) waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
         raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    sock.set_inheritable(True)
+    sock.listen(2048)  # from now on connections wait in the backlog until uvicorn takes them
     return sock
 
 
@@ -164,9 +166,11 @@ def start(model, config: ServeConfig | None = None, *, model_id: str | None = No
 
 def serve_and_query(model: str | Path, texts: Sequence[str], *, config: ServeConfig | None = None) -> dict:
     """Serve `model` on a free loopback port, ask it about `texts` through the `openai` client and
-    plain HTTP, stop it. Returns what was asked and answered, and how long it took:
+    plain HTTP, stop it. Returns what was asked and answered, and how long it took (print it with
+    `describe`):
 
-        {"url", "kind", "openai": {...}, "http": {route: answer}, "seconds": {"start", "requests", "stop"}}
+        {"url", "kind", "texts", "openai": {...}, "http": {route: answers, "/info": ...},
+         "seconds": {"start", "requests", "stop"}}
 
     The openai client lists the model and, for an encoder, embeds the texts (their first values are
     shown); plain HTTP asks the model's own route (/embed, /predict, /ner or /qa: for QA each text
@@ -181,18 +185,19 @@ def serve_and_query(model: str | Path, texts: Sequence[str], *, config: ServeCon
         svc = server.service
         key = svc.config.api_key or "none"  # the openai client insists on a key
         client = openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
-        answers: dict = {"url": server.url, "kind": svc.kind, "openai": {}, "http": {}}
+        answers: dict = {"url": server.url, "kind": svc.kind, "texts": texts, "openai": {}, "http": {}}
         answers["openai"]["models"] = [m.id for m in client.models.list().data]
         if svc.kind == "embedding":
             vectors = [d.embedding for d in client.embeddings.create(model=svc.model_id, input=texts).data]
             answers["openai"]["embeddings"] = [{"text": t, "dim": len(v), "first": [round(x, 4) for x in v[:4]]}
                                                for t, v in zip(texts, vectors)]
-            route, body = "/embed", {"inputs": texts[:2]}
+            route, body = "/embed", {"inputs": texts}
         elif svc.kind in ("classification", "regression"):
             route, body = "/predict", {"inputs": [[t] for t in texts]}
         elif svc.kind == "token":
             route, body = "/ner", {"inputs": texts}
         else:
+            answers["texts"] = texts[::2]
             route, body = "/qa", {"inputs": [{"question": q, "context": c} for q, c in zip(texts[::2], texts[1::2])]}
         answer = _post(server.url + route, body, key)
         if route == "/embed":
@@ -203,6 +208,26 @@ def serve_and_query(model: str | Path, texts: Sequence[str], *, config: ServeCon
     answers["seconds"] = {"start": round(t1 - t0, 2), "requests": round(t2 - t1, 2),
                           "stop": round(time.perf_counter() - t2, 2)}
     return answers
+
+
+def describe(answers: dict) -> str:
+    """serve_and_query's answers as a few lines to print."""
+    lines = [f"served on {answers['url']} ({answers['kind']}); the openai client lists "
+             f"{', '.join(answers['openai']['models'])}"]
+    for e in answers["openai"].get("embeddings", []):
+        lines.append(f"  openai embeddings.create: {e['text']!r} -> {e['dim']} numbers {e['first']} ...")
+    (route, answer), = [(r, a) for r, a in answers["http"].items() if r != "/info"]
+    for text, a in zip(answers["texts"], answer):
+        if route == "/predict":
+            a = ", ".join(f"{p['label']} {p['score']:.3f}" for p in a)
+        elif route == "/ner":
+            a = ", ".join(f"{e['text']} ({e['entity']})" for e in a) or "no entities"
+        elif route == "/qa":
+            a = f"{a['answer']!r} ({a['score']:.2f})"
+        lines.append(f"  POST {route}: {text!r} -> {a}")
+    took = answers["seconds"]
+    lines.append(f"  start {took['start']:.1f} s, requests {took['requests']:.1f} s, stop {took['stop']:.1f} s")
+    return "\n".join(lines)
 
 
 def _post(url: str, body: dict, key: str) -> object:

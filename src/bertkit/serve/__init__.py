@@ -3,7 +3,8 @@
 
     batcher.py  the queue: inputs of concurrent requests -> token-budget batches -> the model on one thread
     metrics.py  Prometheus counters and histograms (GET /metrics)
-    app.py      the FastAPI app: request/response models, routes, limits, errors
+    schemas.py  request and response bodies (OpenAI's and text-embeddings-inference's field names)
+    app.py      the FastAPI app: routes, limits, errors
     server.py   load a model, serve it under uvicorn (or on a thread: tests, the demo)
     static/     the playground page served at /
 

@@ -11,10 +11,11 @@ from conftest import DATA_DIR, data_path, write_file
 def test_pair_features_match_hf_longest_first(tok, hf_tok):
     data_path("glue", "RTE")
     examples = TASKS["rte"].examples("dev", DATA_DIR)
-    features = text_features(examples, tok, max_length=64)  # 64: many RTE pairs need truncating
+    features, cut = text_features(examples, tok, max_length=64)  # 64: many RTE pairs need truncating
     assert sum(len(f["input_ids"]) == 64 for f in features) > 50
-    for ex, f in zip(examples, features):
+    for ex, f, was_cut in zip(examples, features, cut):
         ref = hf_tok(ex.text, ex.text_pair, truncation="longest_first", max_length=64)
+        assert was_cut == (len(hf_tok(ex.text, ex.text_pair)["input_ids"]) > 64)
         assert f["input_ids"] == ref["input_ids"]
         assert f["token_type_ids"] == ref["token_type_ids"]
         assert f["labels"] == ex.label
@@ -24,10 +25,11 @@ def test_head_tail_truncation_keeps_both_ends(tok, hf_tok, tmp_path):
     with open(data_path("imdb", "test.jsonl"), encoding="utf-8") as f:
         rows = [next(f) for _ in range(40)]
     examples = readers.read_jsonl(write_file(tmp_path, "i.jsonl", "".join(rows)), labels=("0", "1"))
-    features = text_features(examples, tok, max_length=512, head_tail=(128, 382))
+    features, cut = text_features(examples, tok, max_length=512, head_tail=(128, 382))
     long = 0
-    for ex, f in zip(examples, features):
+    for ex, f, was_cut in zip(examples, features, cut):
         full = hf_tok(ex.text)["input_ids"]
+        assert was_cut == (len(full) > 512)
         if len(full) <= 512:
             assert f["input_ids"] == full
             continue

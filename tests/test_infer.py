@@ -192,3 +192,28 @@ def test_cli_bad_input_is_one_clear_line(minilm, tmp_path, capsys):
     assert main(["embed", "--model", str(minilm), "--input", str(src), "--output", str(tmp_path / "o.csv")]) == 2
     assert ".npy or .jsonl" in capsys.readouterr().err
     assert not (tmp_path / "o.npy").exists()
+
+
+def test_prepare_then_run_is_the_call_and_mixes_requests(embedder, texts, fp32):
+    # The two stages a server's batcher calls apart: prepare as each request arrives, run on many.
+    prepared = embedder.prepare(texts)
+    assert [p.n_tokens for p in prepared] == [len(embedder.tokenizer.encode(t, max_length=512).input_ids)
+                                              for t in texts]
+    np.testing.assert_allclose(embedder.run(prepared, batch_size=8), fp32, atol=1e-5)
+    first, second = embedder.prepare(texts[:5]), embedder.prepare(texts[5:9])
+    together = embedder.run(second + first, batch_size=4)  # one batch holds inputs of both
+    np.testing.assert_allclose(together, np.concatenate([fp32[5:9], fp32[:5]]), atol=1e-5)
+    with pytest.raises(TypeError, match="wrap a single text in a list"):
+        embedder.prepare("one text")
+
+
+def test_prepare_says_what_truncation_cut(embedder):
+    long, short = "word " * 40, "a short sentence ."
+    cut = Embedder(embedder.model, embedder.tokenizer, max_length=16)
+    p = cut.prepare([short, long])
+    assert [x.truncated for x in p] == [False, True] and p[1].n_tokens == 16
+    windows = Embedder(embedder.model, embedder.tokenizer, max_length=16, long_inputs="windows", stride=4)
+    (w,) = windows.prepare([long])
+    assert not w.truncated and len(w.features) > 1
+    assert w.n_tokens == sum(len(f["input_ids"]) for f in w.features)
+    np.testing.assert_allclose(windows.run([w]), windows([long]), atol=1e-6)

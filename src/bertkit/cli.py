@@ -481,6 +481,63 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def port(text: str) -> int:
+    value = non_negative_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (0-65535)")
+    return value
+
+
+_SERVE_EXTRA = {"fastapi", "uvicorn", "prometheus_client", "starlette", "pydantic"}
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = _parser(sub, "serve", "serve a model over HTTP with dynamic batching: OpenAI /v1/embeddings, "
+                "text-embeddings-inference /embed /predict /rerank /tokenize, /ner, /qa, /metrics, a playground at /")
+    p.add_argument("model_arg", nargs="?", metavar="MODEL", help="a run folder, a checkpoint folder or an installed "
+                   "model name: an encoder serves embeddings; a fine-tuned head labels, entities or answers")
+    p.add_argument("--model", default=None, help="the same as MODEL")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=port, default=8080, help="0: any free port (the one taken is printed)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "int8"], default="fp32", help="weights' precision")
+    p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:1, ... (int8 is CPU-only)")
+    p.add_argument("--max-length", type=max_length, default=None,
+                   help="tokens per input (None: the model's, or its sentence-transformers max_seq_length)")
+    p.add_argument("--max-batch-tokens", type=positive_int, default=4096,
+                   help="word pieces per model batch; requests arriving together share a batch")
+    p.add_argument("--max-client-batch-size", type=positive_int, default=32,
+                   help="inputs per request; more get 413")
+    p.add_argument("--max-concurrent-requests", type=positive_int, default=512,
+                   help="requests in flight; past that new ones get 429 at once")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set BERTKIT_API_KEY); "
+                   "/health and / stay open")
+
+    def run(a):
+        import os
+
+        if a.model_arg and a.model and a.model_arg != a.model:
+            raise UserError(f"two models given: {a.model_arg!r} and --model {a.model!r}")
+        model = a.model_arg or a.model
+        if not model:
+            raise UserError("no model: give MODEL (a run folder, a checkpoint folder or an installed model name)")
+        try:
+            from bertkit.serve import ServeConfig, serve
+        except ModuleNotFoundError as e:
+            if e.name not in _SERVE_EXTRA:
+                raise
+            raise UserError(f"serving needs the serve extra ({e.name} is not installed): "
+                            f"pip install 'bertkit[serve]'") from None
+        config = ServeConfig(host=a.host, port=a.port, dtype=a.dtype, device=a.device, max_length=a.max_length,
+                             max_batch_tokens=a.max_batch_tokens, max_client_batch_size=a.max_client_batch_size,
+                             max_concurrent_requests=a.max_concurrent_requests,
+                             api_key=a.api_key or os.environ.get("BERTKIT_API_KEY") or None)
+        signum = serve(model, config)
+        if signum is not None:
+            raise Stopped(signum, f"stopped by {signal.Signals(signum).name} after answering every request in flight")
+
+    p.set_defaults(func=run)
+
+
 def _add_convert(sub: argparse._SubParsersAction) -> None:
     p = _parser(sub, "convert", "Google's TensorFlow BERT checkpoint (bert_config.json, vocab.txt, "
                 "bert_model.ckpt.*) -> the Hugging Face layout, without TensorFlow")
@@ -529,7 +586,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 # Registered in the order `bertkit --help` lists them.
 SUBCOMMANDS = [_add_tokenize, _add_vocab, _add_prepare, _add_pretrain, _add_finetune, _add_evaluate, _add_predict,
-               _add_embed, _add_convert, _add_demo]
+               _add_embed, _add_serve, _add_convert, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,7 @@
 """Inference: sentence embeddings from a BERT encoder, in fp32, bf16 or int8.
 
-texts -> WordPiece ids -> length-sorted batches (batching.length_batches +
-collate, so each batch pads only to its own longest text) -> encoder ->
+texts -> WordPiece ids -> length-sorted batches (batching.sorted_batches:
+each batch pads only to its own longest text) -> encoder ->
 pooled vectors, returned in input order.
 
 Long inputs (more than max_length tokens, which defaults to the model's 512
@@ -38,7 +38,7 @@ from torch import nn
 from tqdm import tqdm
 
 from bertkit import io
-from bertkit.batching import collate, length_batches
+from bertkit.batching import Prepared, collate, sorted_batches
 from bertkit.heads import BertModel
 from bertkit.hub import DEFAULT_MODEL, resolve
 from bertkit.precision import cast_model
@@ -57,11 +57,35 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
+def sentence_transformers_options(model_dir: str | os.PathLike) -> dict:
+    """How a sentence-transformers folder embeds: {"pooling": "mean" | "cls", "max_length": n}
+    from its 1_Pooling/config.json and sentence_bert_config.json; {} for a plain checkpoint."""
+    model_dir = Path(model_dir)
+    options: dict = {}
+    for name in ("1_Pooling/config.json", "sentence_bert_config.json"):
+        path = model_dir / name
+        if not path.is_file():
+            continue
+        try:
+            settings = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        if settings.get("pooling_mode_cls_token"):
+            options["pooling"] = "cls"
+        elif settings.get("pooling_mode_mean_tokens"):
+            options["pooling"] = "mean"
+        if isinstance(settings.get("max_seq_length"), int):
+            options["max_length"] = settings["max_seq_length"]
+    return options
+
+
 class Embedder:
     """A tokenizer and an encoder held together: embed many times without reloading.
 
     >>> e = Embedder.from_pretrained("sentence-transformers/all-MiniLM-L6-v2", dtype="int8")
     >>> vectors = e(["a sentence", "another one"])  # np.ndarray [2, 384], float32
+
+    In two stages (how a server batches many requests together): e.run(e.prepare(texts)).
     """
 
     def __init__(self, model: nn.Module, tokenizer: Tokenizer, *, dtype: str = "fp32", pooling: str = "mean",
@@ -101,47 +125,57 @@ class Embedder:
     def dim(self) -> int:
         return self.model.config.hidden_size
 
-    def features(self, texts: Sequence[str]) -> tuple[list[dict], list[int]]:
-        """Model inputs for each text (one, or several windows) and the text each belongs to."""
+    def prepare(self, texts: Sequence[str]) -> list[Prepared]:
+        """Texts -> one Prepared each: its word pieces (several windows for a long text with
+        long_inputs="windows"), `truncated` when tokens past max_length were dropped."""
+        if isinstance(texts, str):
+            raise TypeError("texts must be a list of strings; wrap a single text in a list")
         windows = self.long_inputs == "windows"
-        features, owners = [], []
+        prepared = []
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"text {i} is a {type(text).__name__}, not a str")
+            # Overflowing windows are asked for in both modes: truncation keeps the first and
+            # learns from the rest that something was cut.
             enc = self.tokenizer.encode(text, max_length=self.max_length, truncation=True, return_offsets=False,
-                                        stride=self.stride if windows else 0, return_overflowing=windows)
-            for e in (enc, *enc.overflowing):
-                features.append({"input_ids": e.input_ids, "attention_mask": e.attention_mask})
-                owners.append(i)
-        return features, owners
+                                        stride=self.stride if windows else 0, return_overflowing=True)
+            kept = (enc, *enc.overflowing) if windows else (enc,)
+            prepared.append(Prepared([{"input_ids": e.input_ids, "attention_mask": e.attention_mask} for e in kept],
+                                     truncated=bool(enc.overflowing) and not windows))
+        return prepared
+
+    def features(self, texts: Sequence[str]) -> tuple[list[dict], list[int]]:
+        """Model inputs for each text (one, or several windows) and the text each belongs to."""
+        prepared = self.prepare(texts)
+        return ([f for p in prepared for f in p.features],
+                [i for i, p in enumerate(prepared) for _ in p.features])
 
     @torch.inference_mode()
-    def __call__(self, texts: Sequence[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
-        """[len(texts), hidden] float32 embeddings, in the order of `texts`."""
-        if isinstance(texts, str):
-            raise TypeError("texts must be a list of strings; wrap a single text in a list")
-        texts = list(texts)
-        features, owners = self.features(texts)
-        lengths = [len(f["input_ids"]) for f in features]
-        vectors = np.empty((len(features), self.dim), dtype=np.float32)
-        bar = tqdm(total=len(features), unit="seq", desc="embed", disable=not progress, file=sys.stderr)
-        for idx in length_batches(lengths, batch_size):
-            batch = collate([features[i] for i in idx])
-            ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
-            out = self.model(input_ids=ids, attention_mask=mask)
-            vectors[idx] = pool(out.last_hidden_state, mask, self.pooling).cpu().numpy()
+    def run(self, prepared: Sequence[Prepared], batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        """Prepared texts -> [len(prepared), hidden] float32 embeddings, in their order."""
+        owners = [i for i, p in enumerate(prepared) for _ in p.features]
+        lengths = [len(f["input_ids"]) for p in prepared for f in p.features]
+        vectors = np.empty((len(owners), self.dim), dtype=np.float32)
+        bar = tqdm(total=len(owners), unit="seq", desc="embed", disable=not progress, file=sys.stderr)
+        for idx, batch in sorted_batches(prepared, batch_size, self.device):
+            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            vectors[idx] = pool(out.last_hidden_state, batch["attention_mask"], self.pooling).cpu().numpy()
             bar.update(len(idx))
         bar.close()
-        if len(features) != len(texts):  # windows: token-weighted mean of each text's windows
+        if len(owners) != len(prepared):  # windows: token-weighted mean of each text's windows
             weights = np.asarray(lengths, dtype=np.float32)[:, None]
-            sums = np.zeros((len(texts), self.dim), dtype=np.float32)
+            sums = np.zeros((len(prepared), self.dim), dtype=np.float32)
             np.add.at(sums, owners, vectors * weights)
-            totals = np.zeros((len(texts), 1), dtype=np.float32)
+            totals = np.zeros((len(prepared), 1), dtype=np.float32)
             np.add.at(totals, owners, weights)
             vectors = sums / totals
         if self.normalize:
             vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return vectors
+
+    def __call__(self, texts: Sequence[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        """[len(texts), hidden] float32 embeddings, in the order of `texts`."""
+        return self.run(self.prepare(texts), batch_size, progress)
 
 
 def embed(texts: Sequence[str], model: str | os.PathLike | nn.Module | Embedder = DEFAULT_MODEL, *,

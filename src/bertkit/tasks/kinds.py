@@ -16,39 +16,16 @@ and the command line can name tasks without loading it.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
+from bertkit.batching import Prepared
 from bertkit.tasks import metrics
 from bertkit.tasks.features import text_features, token_features, word_tags
 from bertkit.tasks.qa import DOC_STRIDE, Window, best_spans, qa_features
 from bertkit.tasks.readers import QAExample, TextExample, TokenExample
-
-
-@dataclass
-class Prepared:
-    """One example made ready for the model.
-
-    features: model inputs (dicts `batching.collate` stacks): one, or for QA one per window of
-        a long context
-    positions: per feature, what maps its outputs back to the example: token classification,
-        the position of each word's first piece; QA, each token's (start, end) characters in
-        the context (None outside it)
-    n_tokens: word pieces over all features (what a batcher budgets by)
-    """
-
-    example: Any
-    features: list[dict]
-    positions: list = field(default_factory=list)
-    n_tokens: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.n_tokens = sum(len(f["input_ids"]) for f in self.features)
-
 
 # outputs[i][j]: the model's outputs for feature j of example i, {name: numpy array}
 Outputs = Sequence[Sequence[dict[str, np.ndarray]]]
@@ -161,7 +138,8 @@ class _TextKind(TaskKind):
         if self.head_tail:  # the head:tail proportion, at this length
             head = round(self.head_tail[0] * (max_length - 2) / sum(self.head_tail))
             head_tail = (head, max_length - 2 - head)
-        return [Prepared(ex, [f]) for ex, f in zip(examples, text_features(examples, tokenizer, max_length, head_tail))]
+        features, cut = text_features(examples, tokenizer, max_length, head_tail)
+        return [Prepared([f], ex, truncated=c) for ex, f, c in zip(examples, features, cut)]
 
 
 class Classification(_TextKind):
@@ -234,10 +212,10 @@ class TokenClassification(TaskKind):
 
     def features(self, examples: Sequence[TokenExample], tokenizer, max_length: int,
                  doc_stride: int | None = None) -> list[Prepared]:
-        features, starts, truncated = token_features(examples, tokenizer, self.labels, max_length)
-        if truncated:
-            print(f"{truncated} words past {max_length} tokens are predicted as 'O'", file=sys.stderr)
-        return [Prepared(ex, [f], [s]) for ex, f, s in zip(examples, features, starts)]
+        features, starts, _ = token_features(examples, tokenizer, self.labels, max_length)
+        # Words past max_length have no position: they are predicted as "O".
+        return [Prepared([f], ex, [s], truncated=len(s) < len(ex.words))
+                for ex, f, s in zip(examples, features, starts)]
 
     def predictions(self, outputs: Outputs, prepared: Sequence[Prepared]) -> list[dict]:
         results = []
@@ -304,7 +282,7 @@ class QuestionAnswering(TaskKind):
         for f, w in zip(features, windows):
             per_example[w.example][0].append(f)
             per_example[w.example][1].append(w.offsets)
-        return [Prepared(ex, fs, offsets) for ex, (fs, offsets) in zip(examples, per_example)]
+        return [Prepared(fs, ex, offsets) for ex, (fs, offsets) in zip(examples, per_example)]
 
     def predictions(self, outputs: Outputs, prepared: Sequence[Prepared]) -> list[dict]:
         results = []

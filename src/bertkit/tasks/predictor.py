@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from bertkit.batching import collate, length_batches
+from bertkit.batching import Prepared, sorted_batches
 from bertkit.config import BertConfig
 from bertkit.hub import resolve
 from bertkit.precision import cast_model
-from bertkit.tasks.kinds import Prepared, TaskKind, kind_of
+from bertkit.tasks.kinds import TaskKind, kind_of
 from bertkit.tasks.qa import DOC_STRIDE
 from bertkit.tokenizer import Tokenizer
 
@@ -35,13 +35,11 @@ def forward(model: nn.Module, prepared: Sequence[Prepared], names: Sequence[str]
     (padded to its batch's length). The loss, when the features carry labels, is the mean
     over features.
     """
-    features = [f for p in prepared for f in p.features]
-    device = next(model.parameters()).device
-    flat: list[dict] = [{}] * len(features)
+    n_features = sum(len(p.features) for p in prepared)
+    flat: list[dict] = [{}] * n_features
     loss_sum, n = 0.0, 0
     with torch.inference_mode():
-        for idx in length_batches([len(f["input_ids"]) for f in features], batch_size):
-            batch = {k: v.to(device) for k, v in collate([features[i] for i in idx]).items()}
+        for idx, batch in sorted_batches(prepared, batch_size, next(model.parameters()).device):
             out = model(**batch)
             if "loss" in out:
                 loss_sum, n = loss_sum + float(out["loss"]) * len(idx), n + len(idx)
@@ -107,8 +105,6 @@ class Predictor:
 
     def run(self, prepared: Sequence[Prepared], batch_size: int = 32) -> list[dict]:
         """Prepared inputs -> one prediction dict each, in their order."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         outputs, _ = forward(self.model, prepared, self.task_kind.output_names, batch_size)
         return self.task_kind.predictions(outputs, prepared)
 

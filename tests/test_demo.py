@@ -43,7 +43,7 @@ def test_snippet_splits_are_disjoint_binary_and_complete(snippets):
         assert lines[0] == "sentence\tlabel"
         for line in lines[1:]:
             text, label = line.split("\t")
-            assert label in ("0", "1")
+            assert label in ("negative", "positive")
             assert seen.setdefault(text, split) == split  # a text never lands in two splits
     counts = {s: sum(1 for v in seen.values() if v == s) for s in snippets}
     assert sum(counts.values()) > 10_000
@@ -52,7 +52,8 @@ def test_snippet_splits_are_disjoint_binary_and_complete(snippets):
 
 def test_pseudo_documents_group_consecutive_snippets(tmp_path):
     tsv = tmp_path / "t.tsv"
-    tsv.write_text("sentence\tlabel\n" + "".join(f"snippet {i}.\t{i % 2}\n" for i in range(10)))
+    tsv.write_text("sentence\tlabel\n" + "".join(f"snippet {i}.\t{('negative', 'positive')[i % 2]}\n"
+                                                for i in range(10)))
     corpus = tmp_path / "corpus.txt"
     assert write_snippet_corpus(tsv, corpus, per_document=4) == 3
     docs = corpus.read_text().strip().split("\n\n")
@@ -122,8 +123,15 @@ def test_fast_demo_runs_every_step_writes_the_report_and_reuses_its_cache(snippe
     assert pt["last_loss"]["loss"] < pt["first_loss"]["loss"]
     assert pt["evals"][-1]["val_mlm_loss"] < math.log(30522)
     assert (work / "pretrain" / "run" / "curves.png").is_file()
+    # Serving: the server answered with the fine-tuned model's own predictions, then stopped.
+    served = r["serve"]["answers"]
+    assert served["kind"] == "classification" and served["openai"]["models"]
+    (answers,) = [a for route, a in served["http"].items() if route == "/predict"]
+    assert [max(a, key=lambda p: p["score"])["label"] for a in answers] == \
+        [p["label"] for p in ft["predictions"][:len(answers)]]
     # The report carries the numbers and points at the engine's curves.
     report = (work / "report.md").read_text()
+    assert "## Serving" in report
     assert " | ".join(str(i) for i in r["tokens"]["input_ids"]) in report
     assert f"{cos[('cricket 1', 'cricket 2')]:.4f}" in report
     assert f"**Test accuracy: {ft['test']['accuracy']:.4f}**" in report

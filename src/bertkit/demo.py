@@ -7,9 +7,10 @@
   3. bat       contextual vectors: "bat" in three sentences      (bertkit.infer.token_vectors)
   4. finetune  all-MiniLM-L6-v2 -> sentiment classifier          (bertkit finetune / evaluate / predict)
   5. pretrain  a tiny BERT from scratch, MLM + NSP               (bertkit prepare / pretrain)
-  6. report    report.md with the numbers and the training curves
+  6. serve     the sentiment model over HTTP, asked through the openai client and plain HTTP (bertkit serve)
+  7. report    report.md with the numbers and the training curves
 
-Each step caches its result under the work directory (results.json, and the
+Each step but serve caches its result under the work directory (results.json, and the
 data, the fine-tuned model and the shards), so a re-run reuses what is done.
 """
 
@@ -25,7 +26,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -53,16 +54,22 @@ def _split_of(text: str) -> str:
     return "test"
 
 
+def _labelled_by_name(tsv: Path) -> bool:
+    """Whether a cached split has this version's labels (earlier versions wrote 0/1)."""
+    lines = tsv.read_text(encoding="utf-8").splitlines()[1:2]
+    return bool(lines) and lines[0].rsplit("\t", 1)[-1] in LABELS
+
+
 def fetch_movie_snippets(data_dir: str | Path) -> dict[str, Path]:
     """Download (once), binarise and split the movie snippets into TSV files.
 
     Writes `<data_dir>/movie_snippets/{train,validation,test}.tsv` with a
-    `sentence<TAB>label` header (the SST-2 layout). Scores of exactly 0 carry
+    `sentence<TAB>label` header (the SST-2 layout), labels negative/positive. Scores of exactly 0 carry
     no polarity and are dropped; the count is printed, not hidden.
     """
     out = Path(data_dir) / "movie_snippets"
     paths = {s: out / f"{s}.tsv" for s in SPLITS}
-    if all(p.exists() for p in paths.values()):
+    if all(p.exists() for p in paths.values()) and _labelled_by_name(paths["train"]):
         return paths
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,7 +97,7 @@ def fetch_movie_snippets(data_dir: str | Path) -> dict[str, Path]:
         if score == 0 or not text:
             dropped += 1
             continue
-        rows[_split_of(text)].append((text, int(score > 0)))
+        rows[_split_of(text)].append((text, LABELS[score > 0]))
     for split, items in rows.items():
         io.write_text(paths[split], "sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in items))
     counts = ", ".join(f"{s} {len(v)}" for s, v in rows.items())
@@ -113,8 +120,8 @@ NEW_REVIEWS = [
     "The plot is thin, but the actors make it worth watching.",
     "Dull, lifeless and far too long.",
 ]
-LABEL_NAMES = {"0": "negative", "1": "positive"}  # the TSV files' label column
-STEPS = ("data", "tokens", "bat", "finetune", "pretrain", "report")
+LABELS = ("negative", "positive")  # the TSV files' label column, in class-id order
+STEPS = ("data", "tokens", "bat", "finetune", "pretrain", "serve", "report")
 
 
 def _finetune_defaults() -> FinetuneConfig:
@@ -256,9 +263,8 @@ def finetune_sentiment(cfg: FinetuneConfig, files: dict[str, Path], out_dir: Pat
           f"(f1 {test['f1']:.4f}, loss {test['loss']:.4f})")
     predictions = []
     for text, p in zip(NEW_REVIEWS, predictor(NEW_REVIEWS)):
-        label = LABEL_NAMES.get(p["label"], p["label"])
-        predictions.append({"text": text, "label": label, "score": p["score"]})
-        print(f"{label:>8} {p['score']:.3f}  {text}")
+        predictions.append({"text": text, "label": p["label"], "score": p["score"]})
+        print(f"{p['label']:>8} {p['score']:.3f}  {text}")
     done = {"settings": settings, "summary": summary, "test": test, "predictions": predictions,
             "model_dir": summary["best_dir"], "seconds": time.perf_counter() - t0}
     io.write_json(cache, done)
@@ -271,7 +277,7 @@ def write_snippet_corpus(train_file: Path, out: Path, per_document: int) -> int:
     from bertkit.tasks.readers import read_table
 
     texts = [ex.text for ex in read_table(train_file, text_column="sentence", label_column="label",
-                                          labels=tuple(LABEL_NAMES))]
+                                          labels=LABELS)]
     docs = [texts[i:i + per_document] for i in range(0, len(texts), per_document)]
     io.write_text(out, "\n\n".join("\n".join(d) for d in docs) + "\n")
     return len(docs)
@@ -341,6 +347,16 @@ def _chance_loss(vocab_size: int) -> float:
     return math.log(vocab_size) + math.log(2)
 
 
+def serve_classifier(run: Path, texts: Sequence[str] = tuple(NEW_REVIEWS[:2])) -> dict:
+    """`bertkit serve` on the fine-tuned model, on a free loopback port: the openai client lists it,
+    plain HTTP asks it about `texts` (/predict), and the server stops."""
+    from bertkit.serve import describe, serve_and_query
+
+    answers = serve_and_query(run, texts)
+    print(describe(answers))
+    return {"answers": answers}
+
+
 # ---------------------------------------------------------------------------- the report
 
 
@@ -408,6 +424,12 @@ def write_report(results: dict, work_dir: Path) -> Path:
         lines += [f"| {e['step']} | {e['val_mlm_loss']:.3f} | {e['val_mlm_accuracy']:.3f} | {e['val_nsp_loss']:.3f} | "
                   f"{e['val_nsp_accuracy']:.3f} |" for e in p["evals"]]
         lines += ["", f"![pre-training curves]({_rel(Path(p['out_dir']) / 'curves.png', work_dir)})", ""]
+    if "serve" in r:
+        from bertkit.serve import describe
+
+        lines += ["## Serving", "", "`bertkit serve` on the fine-tuned model, on a free loopback port: the `openai` "
+                  "client lists the model, plain HTTP asks `/predict`, then the server stops.", "", "```",
+                  describe(r["serve"]["answers"]), "```", ""]
     timed = [(step, r[step]["seconds"]) for step in STEPS if "seconds" in (r.get(step) or {})]
     if timed:
         lines += ["## Time", "", "Seconds each step took when it last did its work (a re-run reuses cached "
@@ -415,7 +437,7 @@ def write_report(results: dict, work_dir: Path) -> Path:
         lines += [f"| {k} | {v:.1f} |" for k, v in timed]
         lines += [f"| **all steps** | **{sum(v for _, v in timed):.1f}** |", ""]
     lines += ["## The same steps as commands", "",
-              "One step of this run: `bertkit demo --steps STEP` (data, tokens, bat, finetune, pretrain, report). "
+              f"One step of this run: `bertkit demo --steps STEP` ({', '.join(STEPS)}). "
               "With the general commands:", "", "```", *_commands(r, work_dir), "```", ""]
     path = work_dir / "report.md"
     io.write_text(path, "\n".join(lines))
@@ -447,6 +469,8 @@ def _commands(r: dict, work_dir: Path) -> list[str]:
                 f"train.max_steps={steps} train.eval_every={max(1, steps // 5)} "
                 f"train.log_every={max(1, min(20, steps // 10))} train.save_every=null train.seed={st['seed']} "
                 f"train.out_dir={p}/run"]
+    if "serve" in r:
+        out += [f"bertkit serve {work_dir / 'finetune'} --port 8080   # then POST /predict, or open http://127.0.0.1:8080/"]
     return out
 
 
@@ -482,8 +506,12 @@ def run_demo(cfg: DemoConfig | None = None, steps: tuple[str, ...] = STEPS) -> d
                      lambda: finetune_sentiment(cfg.finetune, files, work / "finetune")),
         "pretrain": (f"pre-train a {cfg.pretrain.model} BERT from scratch (MLM + NSP)",
                      lambda: pretrain_tiny(cfg, files["train"], work / "pretrain")),
+        "serve": ("serve the fine-tuned classifier over HTTP and ask it through the openai client and plain HTTP",
+                  lambda: serve_classifier(work / "finetune")),
         "report": ("report.md with the numbers and the training curves", lambda: None),
     }
+    if "serve" in steps and "finetune" not in steps and not (work / "finetune" / "best").is_dir():
+        steps = tuple(s for s in STEPS if s in ("data", "finetune") or s in steps)  # it serves that model
     if any(s in steps for s in ("finetune", "pretrain")) and not all(p.is_file() for p in files.values()):
         steps = tuple(s for s in STEPS if s == "data" or s in steps)  # they need the data
     t_all = time.perf_counter()

@@ -192,3 +192,19 @@ def test_cli_bad_input_is_one_clear_line(minilm, tmp_path, capsys):
     assert main(["embed", "--model", str(minilm), "--input", str(src), "--output", str(tmp_path / "o.csv")]) == 2
     assert ".npy or .jsonl" in capsys.readouterr().err
     assert not (tmp_path / "o.npy").exists()
+
+
+def test_onnx_backend_equals_torch_through_the_same_batching(minilm_onnx, embedder, texts, fp32):
+    onnx = Embedder.from_pretrained(minilm_onnx, backend="onnx")
+    assert onnx.dtype == "fp32" and type(onnx.model).__name__ == "OnnxModel"
+    np.testing.assert_allclose(onnx(texts, batch_size=8), fp32, atol=1e-4)
+    # Long inputs cut into windows run through the same path too.
+    windows = dict(max_length=64, long_inputs="windows")
+    np.testing.assert_allclose(Embedder.from_pretrained(minilm_onnx, backend="onnx", **windows)(texts[:10]),
+                               Embedder(embedder.model, embedder.tokenizer, **windows)(texts[:10]), atol=1e-4)
+    with pytest.raises(ValueError, match="apply to the torch backend"):
+        Embedder.from_pretrained(minilm_onnx, backend="onnx", dtype="int8")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        Embedder.from_pretrained(minilm_onnx, backend="tensorrt")
+    with pytest.raises(FileNotFoundError, match="ONNX backend"):  # an export has no torch weights
+        Embedder.from_pretrained(minilm_onnx)

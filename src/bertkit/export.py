@@ -21,6 +21,7 @@ under tracing) and the result is checked against the torch model at another batc
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import warnings
@@ -140,8 +141,14 @@ def check(path: Path, traced: Traced, config) -> None:
 def quantize(fp32_path: Path, int8_path: Path) -> None:
     """ONNX Runtime's dynamic int8 quantization of every MatMul's weight, one scale per output channel."""
     quantization = require("onnxruntime.quantization")
-    quantization.quantize_dynamic(fp32_path, int8_path, weight_type=quantization.QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul"])
+    # It logs advice to run its shape-inference pre-pass first, which does not complete on dynamic BERT graphs.
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        quantization.quantize_dynamic(fp32_path, int8_path, weight_type=quantization.QuantType.QInt8,
+                                      per_channel=True, op_types_to_quantize=["MatMul"])
+    finally:
+        logging.disable(previous)
 
 
 def set_metadata(path: Path, values: dict[str, str | None]) -> None:

@@ -208,3 +208,21 @@ def test_onnx_backend_equals_torch_through_the_same_batching(minilm_onnx, embedd
         Embedder.from_pretrained(minilm_onnx, backend="tensorrt")
     with pytest.raises(FileNotFoundError, match="ONNX backend"):  # an export has no torch weights
         Embedder.from_pretrained(minilm_onnx)
+
+
+def test_sentence_pooling_reads_the_sentence_transformers_config(minilm, tmp_path):
+    from bertkit.infer import sentence_pooling
+
+    assert sentence_pooling(minilm) == "mean"  # all-MiniLM-L6-v2's 1_Pooling/config.json
+    assert sentence_pooling(tmp_path) == "mean"  # no config: mean
+    (tmp_path / "1_Pooling").mkdir()
+    config = tmp_path / "1_Pooling" / "config.json"
+    config.write_text(json.dumps({"word_embedding_dimension": 384, "pooling_mode_cls_token": True,
+                                  "pooling_mode_mean_tokens": False}))
+    assert sentence_pooling(tmp_path) == "cls"
+    config.write_text(json.dumps({"pooling_mode_max_tokens": True}))
+    with pytest.raises(ValueError, match=r"1_Pooling/config.json: pooling pooling_mode_max_tokens is not one"):
+        sentence_pooling(tmp_path)
+    config.write_text("{not json")
+    with pytest.raises(ValueError, match="not a sentence-transformers pooling config"):
+        sentence_pooling(tmp_path)

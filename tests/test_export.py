@@ -152,9 +152,11 @@ def test_refuses_to_overwrite_what_is_not_an_export(minilm, tmp_path):
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
     with pytest.raises(ValueError, match="fp32 model"):
         export_onnx(BertModel.from_pretrained(minilm, dtype="bf16"), tmp_path / "bf16")
+    with pytest.raises(ValueError, match="opsets 17 to 20"):
+        export_onnx(model, tmp_path / "old", opset=11)
     with pytest.raises(ValueError, match="format must be one of"):
         export(minilm, tmp_path / "x", format="tflite")
-    assert not (tmp_path / "bf16").exists() and not (tmp_path / "x").exists()
+    assert not any((tmp_path / name).exists() for name in ("bf16", "old", "x"))
 
 
 def test_cli_export_and_embed(minilm, tmp_path, capsys):

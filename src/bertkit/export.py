@@ -41,6 +41,7 @@ from bertkit.precision import dtype_of
 
 FORMATS = ("onnx",)
 OPSET = 17  # the first with LayerNormalization as one op; ONNX Runtime 1.16+ and TensorRT 8.6+ run it
+OPSETS = range(17, 21)  # up to the last one the TorchScript exporter writes
 TOLERANCE = 1e-4  # largest difference from the torch model that an fp32 export may show
 
 
@@ -94,6 +95,8 @@ def export_onnx(model: nn.Module, output: str | os.PathLike, *, int8: bool = Fal
     if output.exists() and any(output.iterdir()) and not (output / ONNX_FILE).is_file():
         raise FileExistsError(f"{output}: exists and is not an ONNX export; choose a new folder")
     require("onnx"), require("onnxruntime")  # before any work: both are needed to write and check the file
+    if opset not in OPSETS:
+        raise ValueError(f"opset {opset}: bertkit exports opsets {OPSETS[0]} to {OPSETS[-1]}")
     if dtype_of(model) != "fp32":
         raise ValueError(f"export from the fp32 model (this one is {dtype_of(model)}); int8 is int8=True (--int8)")
     pooling = sentence_pooling(source) if isinstance(model, Bert) else None

@@ -205,7 +205,6 @@ class BertForQuestionAnswering(BertHead):
         return ModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits, logits=logits)
 
 
-
 MODEL_CLASSES = {cls.__name__: cls for cls in (
     BertModel, BertForPreTraining, BertForMaskedLM, BertForNextSentencePrediction,
     BertForSequenceClassification, BertForTokenClassification, BertForQuestionAnswering)}

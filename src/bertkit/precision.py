@@ -77,8 +77,8 @@ def quantize_linear(linear: nn.Linear) -> nn.Module:
 
 @functools.cache
 def int8_engine() -> str:
-    """oneDNN on CPUs with AMX int8 tiles, whose kernels use them (about twice fbgemm's speed on
-    BERT's matmuls, same integer results); torch's default engine (fbgemm) everywhere else."""
+    """oneDNN on CPUs with AMX int8 tiles, whose kernels use them (fbgemm's do not; the integer
+    results are the same); torch's default engine (fbgemm) everywhere else."""
     amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()  # private, hence the fallback
     if amx and "onednn" in torch.backends.quantized.supported_engines:
         return "onednn"

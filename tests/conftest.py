@@ -164,3 +164,32 @@ def sst2_run(minilm, tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     return out, summary
+
+
+@pytest.fixture(scope="session")
+def minilm_onnx(minilm, tmp_path_factory) -> Path:
+    """all-MiniLM-L6-v2 exported to ONNX (fp32), once per session; skips without the onnx extra."""
+    pytest.importorskip("onnxruntime")
+    from bertkit.export import export
+
+    return export(minilm, tmp_path_factory.mktemp("onnx") / "minilm")
+
+
+@pytest.fixture(scope="session")
+def minilm_onnx_int8(minilm, tmp_path_factory) -> Path:
+    """all-MiniLM-L6-v2 exported to ONNX with int8 weights, once per session."""
+    pytest.importorskip("onnxruntime")
+    from bertkit.export import export
+
+    return export(minilm, tmp_path_factory.mktemp("onnx") / "minilm-int8", int8=True)
+
+
+def real_texts(n_sst2: int, n_imdb: int) -> list[str]:
+    """SST-2 dev sentences spread from shortest to longest, then IMDB reviews (hundreds of tokens)."""
+    import json
+
+    lines = data_path("glue", "SST-2", "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    sst2 = sorted((line.split("\t")[0].strip() for line in lines), key=len)
+    with open(data_path("imdb", "test.jsonl"), encoding="utf-8") as f:
+        imdb = [json.loads(next(f))["text"] for _ in range(n_imdb)]
+    return sst2[:: len(sst2) // n_sst2][:n_sst2] + imdb

@@ -217,3 +217,40 @@ def test_prepare_says_what_truncation_cut(embedder):
     assert not w.truncated and len(w.features) > 1
     assert w.n_tokens == sum(len(f["input_ids"]) for f in w.features)
     np.testing.assert_allclose(windows.run([w]), windows([long]), atol=1e-6)
+
+
+def test_onnx_backend_equals_torch_through_the_same_batching(minilm_onnx, embedder, texts, fp32):
+    onnx = Embedder.from_pretrained(minilm_onnx, backend="onnx")
+    assert onnx.dtype == "fp32" and type(onnx.model).__name__ == "OnnxModel"
+    np.testing.assert_allclose(onnx(texts, batch_size=8), fp32, atol=1e-4)
+    # Long inputs cut into windows run through the same path too.
+    windows = dict(max_length=64, long_inputs="windows")
+    np.testing.assert_allclose(Embedder.from_pretrained(minilm_onnx, backend="onnx", **windows)(texts[:10]),
+                               Embedder(embedder.model, embedder.tokenizer, **windows)(texts[:10]), atol=1e-4)
+    with pytest.raises(ValueError, match="apply to the torch backend"):
+        Embedder.from_pretrained(minilm_onnx, backend="onnx", dtype="int8")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        Embedder.from_pretrained(minilm_onnx, backend="tensorrt")
+    with pytest.raises(FileNotFoundError, match="ONNX backend"):  # an export has no torch weights
+        Embedder.from_pretrained(minilm_onnx)
+
+
+def test_sentence_transformers_options_read_pooling_and_length(minilm, tmp_path):
+    from bertkit.infer import sentence_transformers_options
+
+    def sentence_pooling(folder):
+        return sentence_transformers_options(folder).get("pooling", "mean")
+
+    assert sentence_transformers_options(minilm) == {"pooling": "mean", "max_length": 256}  # all-MiniLM-L6-v2's
+    assert sentence_transformers_options(tmp_path) == {}  # a plain checkpoint: nothing to say
+    (tmp_path / "1_Pooling").mkdir()
+    config = tmp_path / "1_Pooling" / "config.json"
+    config.write_text(json.dumps({"word_embedding_dimension": 384, "pooling_mode_cls_token": True,
+                                  "pooling_mode_mean_tokens": False}))
+    assert sentence_pooling(tmp_path) == "cls"
+    config.write_text(json.dumps({"pooling_mode_max_tokens": True}))
+    with pytest.raises(ValueError, match=r"1_Pooling/config.json: pooling pooling_mode_max_tokens is not one"):
+        sentence_pooling(tmp_path)
+    config.write_text("{not json")
+    with pytest.raises(ValueError, match="not a sentence-transformers config"):
+        sentence_pooling(tmp_path)

@@ -7,7 +7,7 @@ import torch
 
 from bertkit.config import BertConfig
 from bertkit.heads import BertModel
-from bertkit.precision import cast_model, dtype_of, quantize_linear
+from bertkit.precision import cast_model, dtype_of, int8_engine, quantize_linear
 
 
 @pytest.fixture
@@ -41,3 +41,25 @@ def test_quantized_linear_uses_all_eight_bits():
     q = quantize_linear(linear)
     err = (q(x) - linear(x)).abs().max() / linear(x).abs().max()
     assert err < 0.02
+
+
+def test_int8_engine_packs_for_the_fastest_kernels_with_the_same_results():
+    """oneDNN where the CPU has AMX (its int8 kernels use the tiles), fbgemm elsewhere; either way the integer
+    matmul is exact, so the two engines' outputs agree to float rounding."""
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    assert (int8_engine() == "onednn") == (amx and "onednn" in torch.backends.quantized.supported_engines)
+    torch.manual_seed(0)
+    linear, x = torch.nn.Linear(384, 1536), torch.randn(64, 384) * 3
+    before = torch.backends.quantized.engine
+    fast = quantize_linear(linear)
+    assert torch.backends.quantized.engine == before  # the global setting is left alone
+    torch.backends.quantized.engine = "fbgemm"
+    try:
+        from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+        reference = type(fast).from_float(linear)  # packed for fbgemm
+        assert isinstance(reference, DynamicLinear)
+    finally:
+        torch.backends.quantized.engine = before
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), reference(x), atol=1e-4, rtol=1e-5)

@@ -106,6 +106,9 @@ def read_weights(model_dir: Path) -> Iterator[tuple[str, torch.Tensor]]:
         return _drain(state)
     if tf_checkpoint.is_tf_checkpoint(model_dir):
         return tf_checkpoint.read_tf_weights(model_dir)
+    if (model_dir / "model.onnx").is_file():
+        raise FileNotFoundError(f"{model_dir}: an ONNX export, without torch weights: run it with the ONNX "
+                                f"backend (backend='onnx', --backend onnx)")
     raise FileNotFoundError(f"{model_dir}: no model.safetensors, model.safetensors.index.json, pytorch_model.bin "
                             f"or TensorFlow checkpoint")
 
@@ -272,23 +275,36 @@ class PretrainedMixin:
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        config = {k: v for k, v in self.config.to_dict().items() if k not in STALE_CONFIG_KEYS}
-        config["architectures"] = [type(self).__name__]
+        config = config_json(self)
         write_json(directory / "config.json", config)
         weights = to_hf(self)
         if not all(bool(t.isfinite().all()) for t in weights.values() if t.is_floating_point()):
             raise ValueError(f"{directory}: refusing to save non-finite weights (NaN or infinity)")
         atomic_write(directory / "model.safetensors", lambda p: save_file(weights, p, metadata={"format": "pt"}))
         source = getattr(self, "source_dir", None)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(directory)
-        elif source is not None and Path(source).resolve() != directory.resolve():
-            for name in TOKENIZER_FILES:
-                if (Path(source) / name).is_file():
-                    atomic_write(directory / name, lambda p, name=name: shutil.copyfile(Path(source) / name, p))
+        write_tokenizer(directory, tokenizer, source)
         write_text(directory / "README.md", model_card(config, directory, source, card or {}))
         write_manifest(directory)
         return directory
+
+
+def write_tokenizer(directory: Path, tokenizer: Any, source: Path | None) -> None:
+    """The tokenizer files beside a model: `tokenizer.save_pretrained` when given, else copies of
+    those in the folder the model was loaded from (`source`), if it had them."""
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    elif source is not None and Path(source).resolve() != directory.resolve():
+        for name in TOKENIZER_FILES:
+            if (Path(source) / name).is_file():
+                atomic_write(directory / name, lambda p, name=name: shutil.copyfile(Path(source) / name, p))
+
+
+def config_json(model: torch.nn.Module) -> dict:
+    """What config.json holds for `model`: its config, less the keys that describe another writer,
+    with its class named in `architectures` (what loaders pick the head by)."""
+    config = {k: v for k, v in model.config.to_dict().items() if k not in STALE_CONFIG_KEYS}
+    config["architectures"] = [type(model).__name__]
+    return config
 
 
 def read_config(model_dir: Path) -> BertConfig:
@@ -324,9 +340,10 @@ def _sha256(path: Path) -> str:
 
 
 def write_manifest(directory: Path) -> None:
-    """SHA256SUMS over the weights and the vocabulary (`sha256sum -c SHA256SUMS` checks it too)."""
+    """SHA256SUMS over the weights (safetensors or an ONNX export) and the vocabulary
+    (`sha256sum -c SHA256SUMS` checks it too)."""
     names = sorted(p.name for p in directory.iterdir()
-                   if p.suffix == ".safetensors" or p.name in ("model.safetensors.index.json", "vocab.txt"))
+                   if p.suffix in (".safetensors", ".onnx") or p.name in ("model.safetensors.index.json", "vocab.txt"))
     write_text(directory / MANIFEST, "".join(f"{_sha256(directory / n)}  {n}\n" for n in names))
 
 

@@ -18,6 +18,9 @@ import argparse
 import signal
 import sys
 
+# Optional extras (pip install 'bertkit[onnx]'): their absence is a one-line error naming the extra.
+OPTIONAL_PACKAGES = ("onnx", "onnxruntime")
+
 
 class UserError(Exception):
     """Bad input from the user: printed as one line, no traceback."""
@@ -462,7 +465,10 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, help="out.npy, out.jsonl, or '-' for JSON lines on stdout")
     p.add_argument("--pooling", choices=["mean", "cls"], default="mean")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--dtype", choices=["fp32", "bf16", "int8"], default="fp32")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "int8"], default=None,
+                   help="default fp32; an ONNX model runs in the precision it was exported in")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                   help="onnx: MODEL is a `bertkit export --format onnx` folder, run by ONNX Runtime")
     p.add_argument("--max-length", type=int, default=None, help="tokens per input (default: the model's 512)")
     p.add_argument("--long-inputs", choices=["truncate", "windows"], default="truncate",
                    help="texts over max-length: keep the start, or average overlapping windows")
@@ -476,7 +482,7 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
 
         embed_file(a.model, a.input, a.output, pooling=a.pooling, batch_size=a.batch_size, dtype=a.dtype,
                    max_length=a.max_length, long_inputs=a.long_inputs, stride=a.stride, normalize=a.normalize,
-                   device=a.device, progress=not a.no_progress)
+                   device=a.device, backend=a.backend, progress=not a.no_progress)
 
     p.set_defaults(func=run)
 
@@ -499,8 +505,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="the same as MODEL")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=port, default=8080, help="0: any free port (the one taken is printed)")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "int8"], default="fp32", help="weights' precision")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "int8"], default=None,
+                   help="weights' precision (default fp32; an ONNX export runs as it was exported)")
     p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:1, ... (int8 is CPU-only)")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                   help="onnx: MODEL is a `bertkit export` folder, run by ONNX Runtime")
     p.add_argument("--max-length", type=max_length, default=None,
                    help="tokens per input (None: the model's, or its sentence-transformers max_seq_length)")
     p.add_argument("--max-batch-tokens", type=positive_int, default=4096,
@@ -527,7 +536,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                 raise
             raise UserError(f"serving needs the serve extra ({e.name} is not installed): "
                             f"pip install 'bertkit[serve]'") from None
-        config = ServeConfig(host=a.host, port=a.port, dtype=a.dtype, device=a.device, max_length=a.max_length,
+        config = ServeConfig(host=a.host, port=a.port, dtype=a.dtype, device=a.device, backend=a.backend,
+                             max_length=a.max_length,
                              max_batch_tokens=a.max_batch_tokens, max_client_batch_size=a.max_client_batch_size,
                              max_concurrent_requests=a.max_concurrent_requests,
                              api_key=a.api_key or os.environ.get("BERTKIT_API_KEY") or None)
@@ -548,6 +558,29 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
         from bertkit.tf_checkpoint import convert_tf_checkpoint
 
         print(convert_tf_checkpoint(a.source, a.output))
+
+    p.set_defaults(func=run)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = _parser(sub, "export", "a model (encoder or fine-tuned head) -> a folder for runtimes without PyTorch: "
+                "model.onnx with dynamic batch and sequence axes, config.json, the tokenizer files")
+    p.add_argument("model_arg", nargs="?", metavar="MODEL", help="a checkpoint folder, a run folder or an installed "
+                   "model name")
+    p.add_argument("--model", default=None, help="the same as MODEL")
+    p.add_argument("--output", "-o", required=True, help="new folder for model.onnx and its files")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="file format")
+    p.add_argument("--int8", action="store_true", help="int8 weights (ONNX Runtime's dynamic quantization)")
+    p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset, 17 to 20")
+
+    def run(a):
+        if a.model_arg and a.model and a.model_arg != a.model:
+            raise UserError(f"two models given: {a.model_arg!r} and --model {a.model!r}")
+        if not (a.model_arg or a.model):
+            raise UserError("no model: give MODEL (a checkpoint folder, a run folder or an installed model name)")
+        from bertkit.export import export
+
+        print(export(a.model_arg or a.model, a.output, format=a.format, int8=a.int8, opset=a.opset))
 
     p.set_defaults(func=run)
 
@@ -586,7 +619,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 # Registered in the order `bertkit --help` lists them.
 SUBCOMMANDS = [_add_tokenize, _add_vocab, _add_prepare, _add_pretrain, _add_finetune, _add_evaluate, _add_predict,
-               _add_embed, _add_serve, _add_convert, _add_demo]
+               _add_embed, _add_serve, _add_convert, _add_export, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -620,6 +653,11 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
             FileExistsError, ValueError) as e:
         # One clear line for bad input; real bugs still get a traceback.
+        print(f"bertkit {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        if e.name not in OPTIONAL_PACKAGES:
+            raise
         print(f"bertkit {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except OSError as e:  # disk full, I/O error: name the path

@@ -41,10 +41,12 @@ from bertkit import io
 from bertkit.batching import Prepared, collate, sorted_batches
 from bertkit.heads import BertModel
 from bertkit.hub import DEFAULT_MODEL, resolve
+from bertkit.onnx_model import OnnxModel
 from bertkit.precision import cast_model
 from bertkit.tokenizer import Tokenizer
 
 POOLINGS = ("mean", "cls")
+BACKENDS = ("torch", "onnx")  # onnx: an exported model.onnx run by ONNX Runtime (onnx_model.py)
 LONG_INPUTS = ("truncate", "windows")
 
 
@@ -58,25 +60,58 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
 
 
 def sentence_transformers_options(model_dir: str | os.PathLike) -> dict:
-    """How a sentence-transformers folder embeds: {"pooling": "mean" | "cls", "max_length": n}
-    from its 1_Pooling/config.json and sentence_bert_config.json; {} for a plain checkpoint."""
+    """How a sentence-transformers folder embeds: {"pooling": "mean" | "cls", "max_length": n} from its
+    1_Pooling/config.json and sentence_bert_config.json; {} for a plain checkpoint."""
     model_dir = Path(model_dir)
     options: dict = {}
-    for name in ("1_Pooling/config.json", "sentence_bert_config.json"):
-        path = model_dir / name
-        if not path.is_file():
-            continue
-        try:
-            settings = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-        if settings.get("pooling_mode_cls_token"):
-            options["pooling"] = "cls"
-        elif settings.get("pooling_mode_mean_tokens"):
-            options["pooling"] = "mean"
-        if isinstance(settings.get("max_seq_length"), int):
-            options["max_length"] = settings["max_seq_length"]
+    pooling = model_dir / "1_Pooling" / "config.json"
+    if pooling.is_file():
+        modes = {k for k, v in _json_object(pooling).items() if k.startswith("pooling_mode_") and v is True}
+        names = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
+        if len(modes) != 1 or not modes <= names.keys():
+            raise ValueError(f"{pooling}: pooling {' + '.join(sorted(modes)) or 'none'} is not one of bertkit's "
+                             f"({', '.join(names)})")
+        options["pooling"] = names[modes.pop()]
+    settings = model_dir / "sentence_bert_config.json"
+    if settings.is_file() and isinstance(_json_object(settings).get("max_seq_length"), int):
+        options["max_length"] = _json_object(settings)["max_seq_length"]
     return options
+
+
+def _json_object(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a sentence-transformers config ({e})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: not a sentence-transformers config (not a JSON object)")
+    return obj
+
+
+def load_model(cls: type, model_dir: Path, backend: str = "torch", dtype: str | None = None, **kwargs):
+    """`cls.from_pretrained(model_dir)` for the torch backend (in `dtype`, converted as it is read),
+    or the folder's exported model.onnx for the ONNX backend."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if backend == "onnx":
+        return OnnxModel.from_pretrained(model_dir)
+    return cls.from_pretrained(model_dir, dtype=dtype or "fp32", **kwargs)
+
+
+def ready(model: nn.Module | OnnxModel, dtype: str | None, device: torch.device, *,
+          inplace: bool = False) -> tuple[nn.Module | OnnxModel, str]:
+    """A loaded model made ready to run -> (model, its dtype): a torch model cast to `dtype` (fp32 by
+    default) and moved to `device`; an OnnxModel as exported (its own precision, on the CPU)."""
+    if isinstance(model, OnnxModel):
+        dtype = dtype or model.dtype
+        if dtype != model.dtype or device.type != "cpu":
+            raise ValueError(f"{model.path} is an {model.dtype} ONNX model run on the CPU; dtype {dtype!r} "
+                             f"and device {str(device)!r} apply to the torch backend (export with --int8 for int8)")
+        return model, dtype
+    dtype = dtype or "fp32"
+    if dtype == "int8" and device.type != "cpu":
+        raise ValueError(f"dtype int8 runs on the CPU only (torch's dynamic quantization), not on {str(device)!r}")
+    return cast_model(model, dtype, inplace=inplace).to(device), dtype
 
 
 class Embedder:
@@ -88,10 +123,11 @@ class Embedder:
     In two stages (how a server batches many requests together): e.run(e.prepare(texts)).
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Tokenizer, *, dtype: str = "fp32", pooling: str = "mean",
-                 max_length: int | None = None, long_inputs: str = "truncate", stride: int | None = None,
-                 normalize: bool = False, inplace: bool = False, device: str = "cpu"):
-        """inplace: convert `model` itself to `dtype` instead of a copy (see precision.cast_model).
+    def __init__(self, model: nn.Module | OnnxModel, tokenizer: Tokenizer, *, dtype: str | None = None,
+                 pooling: str = "mean", max_length: int | None = None, long_inputs: str = "truncate",
+                 stride: int | None = None, normalize: bool = False, inplace: bool = False, device: str = "cpu"):
+        """dtype: fp32 by default; an OnnxModel runs in the precision it was exported in.
+        inplace: convert `model` itself to `dtype` instead of a copy (see precision.cast_model).
         device: where the encoder runs ("cpu", "cuda", "cuda:1", ...); vectors always come back on the CPU."""
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
@@ -107,18 +143,19 @@ class Embedder:
         if not 0 <= stride < max_length - 2:
             raise ValueError(f"stride must be between 0 and max_length - 3 ({max_length - 3}), got {stride}")
         self.device = torch.device(device)
-        if dtype == "int8" and self.device.type != "cpu":
-            raise ValueError(f"dtype int8 runs on the CPU only (torch's dynamic quantization), not on {device!r}")
-        self.model = cast_model(model, dtype, inplace=inplace).to(self.device)
+        self.model, dtype = ready(model, dtype, self.device, inplace=inplace)
         self.tokenizer = tokenizer
         self.dtype, self.pooling, self.max_length = dtype, pooling, max_length
         self.long_inputs, self.stride, self.normalize = long_inputs, stride, normalize
 
     @classmethod
-    def from_pretrained(cls, name_or_dir: str | os.PathLike, **options) -> Embedder:
-        """Load a checkpoint directory (or installed model name) with its vocab.txt."""
+    def from_pretrained(cls, name_or_dir: str | os.PathLike, *, backend: str = "torch", **options) -> Embedder:
+        """Load a checkpoint directory (or installed model name) with its vocab.txt.
+
+        backend "onnx": the folder is a `bertkit export --format onnx` one, run by ONNX Runtime
+        (its dtype is the file's: fp32, or int8 when exported with --int8)."""
         model_dir = resolve(name_or_dir)
-        model = BertModel.from_pretrained(model_dir, dtype=options.get("dtype", "fp32"))
+        model = load_model(BertModel, model_dir, backend, options.get("dtype"))
         return cls(model, Tokenizer.from_pretrained(model_dir), inplace=True, **options)
 
     @property
@@ -178,26 +215,27 @@ class Embedder:
         return self.run(self.prepare(texts), batch_size, progress)
 
 
-def embed(texts: Sequence[str], model: str | os.PathLike | nn.Module | Embedder = DEFAULT_MODEL, *,
-          tokenizer: Tokenizer | None = None, pooling: str = "mean", batch_size: int = 32, dtype: str = "fp32",
+def embed(texts: Sequence[str], model: str | os.PathLike | nn.Module | OnnxModel | Embedder = DEFAULT_MODEL, *,
+          tokenizer: Tokenizer | None = None, pooling: str = "mean", batch_size: int = 32, dtype: str | None = None,
           max_length: int | None = None, long_inputs: str = "truncate", stride: int | None = None,
-          normalize: bool = False, progress: bool = False, device: str = "cpu") -> np.ndarray:
+          normalize: bool = False, progress: bool = False, device: str = "cpu", backend: str = "torch") -> np.ndarray:
     """Embed texts -> float32 [len(texts), hidden], in input order.
 
     model: a checkpoint directory or installed model name (loaded each call:
-    hold an Embedder to embed repeatedly), a loaded BertModel (then pass its
-    `tokenizer`), or an Embedder (whose own options are used).
+    hold an Embedder to embed repeatedly; an ONNX export folder with backend="onnx"),
+    a loaded BertModel or OnnxModel (then pass its `tokenizer`), or an Embedder
+    (whose own options are used). dtype: fp32 by default (an ONNX model: its own).
     """
     if isinstance(model, Embedder):
         return model(texts, batch_size=batch_size, progress=progress)
     options = dict(dtype=dtype, pooling=pooling, max_length=max_length, long_inputs=long_inputs, stride=stride,
                    normalize=normalize, device=device)
-    if isinstance(model, nn.Module):
+    if isinstance(model, (nn.Module, OnnxModel)):
         if tokenizer is None:
             raise ValueError("a loaded model needs its tokenizer: embed(texts, model, tokenizer=...)")
         embedder = Embedder(model, tokenizer, **options)
     else:
-        embedder = Embedder.from_pretrained(model, **options)
+        embedder = Embedder.from_pretrained(model, backend=backend, **options)
     return embedder(texts, batch_size=batch_size, progress=progress)
 
 

@@ -86,8 +86,9 @@ class ServeConfig:
 
     host: str = "127.0.0.1"
     port: int = 8080  # 0: any free port (the one taken is printed)
-    dtype: Literal["fp32", "bf16", "int8"] = "fp32"
+    dtype: Literal["fp32", "bf16", "int8"] | None = None  # None: fp32, or what an ONNX export was exported in
     device: str = "cpu"
+    backend: Literal["torch", "onnx"] = "torch"  # onnx: a `bertkit export` folder run by ONNX Runtime
     max_length: int | None = None  # tokens per input; default: the model's (sentence-transformers' setting if any)
     max_batch_tokens: int = 4096  # word pieces per model batch
     max_client_batch_size: int = 32  # inputs per request
@@ -262,7 +263,7 @@ class Service:
             model_type = {what: {"id2label": {str(i): n for i, n in enumerate(labels)},
                                  "label2id": {n: i for i, n in enumerate(labels)}}}
         c = self.config
-        return Info(model_id=self.model_id, kind=self.kind, model_type=model_type, model_dtype=c.dtype,
+        return Info(model_id=self.model_id, kind=self.kind, model_type=model_type, model_dtype=self.model.dtype,
                     max_input_length=self.model.max_length, labels=self.labels, rerank_label=self.rerank_label,
                     routes=self.routes, max_batch_tokens=c.max_batch_tokens,
                     max_client_batch_size=c.max_client_batch_size, max_concurrent_requests=c.max_concurrent_requests,

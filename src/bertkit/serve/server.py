@@ -29,7 +29,8 @@ from bertkit.serve.app import ServeConfig, Service, create_app
 HEADS = ("BertForSequenceClassification", "BertForTokenClassification", "BertForQuestionAnswering")
 
 
-def load_model(model: str | Path, *, dtype: str = "fp32", device: str = "cpu", max_length: int | None = None):
+def load_model(model: str | Path, *, dtype: str | None = None, device: str = "cpu", max_length: int | None = None,
+               backend: str = "torch"):
     """A model name or folder -> an Embedder (an encoder) or a Predictor (a fine-tuned task head).
 
     An encoder saved by sentence-transformers embeds as it says (pooling, max_seq_length) unless
@@ -46,12 +47,12 @@ def load_model(model: str | Path, *, dtype: str = "fp32", device: str = "cpu", m
         except ImportError:  # the tasks branch brings it
             raise ValueError(f"{model_dir}: a fine-tuned {arch}; serving task heads needs "
                              f"bertkit.tasks.predictor, which this install lacks") from None
-        net = Predictor.from_pretrained(model_dir, dtype=dtype, device=device, max_length=max_length)
+        net = Predictor.from_pretrained(model_dir, dtype=dtype, device=device, max_length=max_length, backend=backend)
     else:
         options = sentence_transformers_options(model_dir)
         if max_length is not None:
             options["max_length"] = max_length
-        net = Embedder.from_pretrained(model_dir, dtype=dtype, device=device, **options)
+        net = Embedder.from_pretrained(model_dir, dtype=dtype, device=device, backend=backend, **options)
     net.run(net.prepare([("a question", "a context") if getattr(net, "kind", None) == "qa" else "a text"]))
     return net
 
@@ -93,7 +94,8 @@ def serve(model: str | Path, config: ServeConfig | None = None, *, log_level: st
     config = config or ServeConfig()
     sock = listen(config.host, config.port)  # a port already taken fails before the model loads
     try:
-        net = load_model(model, dtype=config.dtype, device=config.device, max_length=config.max_length)
+        net = load_model(model, dtype=config.dtype, device=config.device, max_length=config.max_length,
+                         backend=config.backend)
     except BaseException:
         sock.close()
         raise
@@ -149,7 +151,8 @@ def start(model, config: ServeConfig | None = None, *, model_id: str | None = No
     config = config or ServeConfig(port=0)
     if isinstance(model, (str, Path)):
         model_id = model_id or str(model)
-        model = load_model(model, dtype=config.dtype, device=config.device, max_length=config.max_length)
+        model = load_model(model, dtype=config.dtype, device=config.device, max_length=config.max_length,
+                         backend=config.backend)
     app = create_app(model, model_id or "model", config)
     sock = listen(config.host, config.port)
     server = _uvicorn(app)

@@ -21,7 +21,7 @@ from torch import nn
 from bertkit.batching import Prepared, sorted_batches
 from bertkit.config import BertConfig
 from bertkit.hub import resolve
-from bertkit.precision import cast_model
+from bertkit.infer import load_model, ready
 from bertkit.tasks.kinds import TaskKind, kind_of
 from bertkit.tasks.qa import DOC_STRIDE
 from bertkit.tokenizer import Tokenizer
@@ -66,7 +66,7 @@ class Predictor:
     wrap one text in a list.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Tokenizer, *, dtype: str = "fp32", device: str = "cpu",
+    def __init__(self, model: nn.Module, tokenizer: Tokenizer, *, dtype: str | None = None, device: str = "cpu",
                  max_length: int | None = None, doc_stride: int | None = None):
         config = model.config
         self.task_kind: TaskKind = kind_of(config, f"{getattr(model, 'source_dir', 'model')}/config.json")
@@ -81,19 +81,17 @@ class Predictor:
         stride = doc_stride or config.extra.get("finetuning_doc_stride") or DOC_STRIDE
         self.doc_stride = stride if stride < max_length // 2 else max_length // 4  # a window must move on
         self.device = torch.device(device)
-        if dtype == "int8" and self.device.type != "cpu":
-            raise ValueError(f"dtype int8 runs on the CPU only (torch's dynamic quantization), not on {device!r}")
-        self.model = cast_model(model, dtype, inplace=True).to(self.device)
+        self.model, self.dtype = ready(model, dtype, self.device, inplace=True)
         self.tokenizer = tokenizer
 
     @classmethod
-    def from_pretrained(cls, model: str | os.PathLike, *, dtype: str = "fp32", device: str = "cpu",
-                        max_length: int | None = None) -> Predictor:
-        """Load a fine-tuned checkpoint: a folder with config.json, or a fine-tuning run folder (its best/)."""
+    def from_pretrained(cls, model: str | os.PathLike, *, dtype: str | None = None, device: str = "cpu",
+                        max_length: int | None = None, backend: str = "torch") -> Predictor:
+        """Load a fine-tuned checkpoint: a folder with config.json, or a fine-tuning run folder (its best/);
+        backend "onnx": its `bertkit export` folder, run by ONNX Runtime."""
         model_dir = resolve(model)
-        config = BertConfig.from_json(model_dir / "config.json")
-        kind = kind_of(config, str(model_dir / "config.json"))  # before reading any weights
-        net = kind.head.from_pretrained(model_dir, config=config, dtype=dtype)
+        kind = kind_of(BertConfig.from_json(model_dir / "config.json"), str(model_dir / "config.json"))
+        net = load_model(kind.head, model_dir, backend, dtype)  # the kind is checked before any weight is read
         return cls(net, Tokenizer.from_pretrained(model_dir), dtype=dtype, device=device, max_length=max_length)
 
     def prepare(self, inputs: Sequence) -> list[Prepared]:

@@ -22,24 +22,27 @@ from bertkit.batching import Prepared, sorted_batches
 from bertkit.config import BertConfig
 from bertkit.hub import resolve
 from bertkit.infer import load_model, ready
+from bertkit.onnx_model import OnnxModel
 from bertkit.tasks.kinds import TaskKind, kind_of
 from bertkit.tasks.qa import DOC_STRIDE
 from bertkit.tokenizer import Tokenizer
 
 
-def forward(model: nn.Module, prepared: Sequence[Prepared], names: Sequence[str],
-            batch_size: int = 32) -> tuple[list[list[dict[str, np.ndarray]]], float | None]:
+def forward(model: nn.Module | OnnxModel, prepared: Sequence[Prepared], names: Sequence[str],
+            batch_size: int = 32, device: torch.device | None = None
+            ) -> tuple[list[list[dict[str, np.ndarray]]], float | None]:
     """Run `model` on every feature of `prepared` -> (outputs, mean loss or None).
 
     outputs[i][j] holds feature j of input i as {name: fp32 numpy array} for each output name
     (padded to its batch's length). The loss, when the features carry labels, is the mean
-    over features.
+    over features. device: where the model runs (default: where its parameters are).
     """
+    device = device or next(model.parameters()).device
     n_features = sum(len(p.features) for p in prepared)
     flat: list[dict] = [{}] * n_features
     loss_sum, n = 0.0, 0
     with torch.inference_mode():
-        for idx, batch in sorted_batches(prepared, batch_size, next(model.parameters()).device):
+        for idx, batch in sorted_batches(prepared, batch_size, device):
             out = model(**batch)
             if "loss" in out:
                 loss_sum, n = loss_sum + float(out["loss"]) * len(idx), n + len(idx)
@@ -103,7 +106,7 @@ class Predictor:
 
     def run(self, prepared: Sequence[Prepared], batch_size: int = 32) -> list[dict]:
         """Prepared inputs -> one prediction dict each, in their order."""
-        outputs, _ = forward(self.model, prepared, self.task_kind.output_names, batch_size)
+        outputs, _ = forward(self.model, prepared, self.task_kind.output_names, batch_size, self.device)
         return self.task_kind.predictions(outputs, prepared)
 
     def __call__(self, inputs: Sequence, batch_size: int = 32) -> list[dict]:

@@ -19,7 +19,10 @@ import signal
 import sys
 
 # Optional extras (pip install 'bertkit[onnx]'): their absence is a one-line error naming the extra.
-OPTIONAL_PACKAGES = ("onnx", "onnxruntime")
+# The packages of bertkit's optional extras, and the extra that brings each: a command that needs
+# one that is missing says in one line what to install.
+OPTIONAL_PACKAGES = {"onnx": "onnx", "onnxruntime": "onnx", "fastapi": "serve", "uvicorn": "serve",
+                     "prometheus_client": "serve", "starlette": "serve", "pydantic": "serve", "ray": "ray"}
 
 
 class UserError(Exception):
@@ -494,15 +497,25 @@ def port(text: str) -> int:
     return value
 
 
-_SERVE_EXTRA = {"fastapi", "uvicorn", "prometheus_client", "starlette", "pydantic"}
+def _model_argument(p: argparse.ArgumentParser, help: str) -> None:
+    """MODEL as the first argument, or as --model like every other subcommand takes it."""
+    p.add_argument("model_arg", nargs="?", metavar="MODEL", help=help)
+    p.add_argument("--model", default=None, help="the same as MODEL")
+
+
+def _the_model(a: argparse.Namespace) -> str:
+    if a.model_arg and a.model and a.model_arg != a.model:
+        raise UserError(f"two models given: {a.model_arg!r} and --model {a.model!r}")
+    if not (a.model_arg or a.model):
+        raise UserError("no model: give MODEL (a run folder, a checkpoint folder or an installed model name)")
+    return a.model_arg or a.model
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = _parser(sub, "serve", "serve a model over HTTP with dynamic batching: OpenAI /v1/embeddings, "
                 "text-embeddings-inference /embed /predict /rerank /tokenize, /ner, /qa, /metrics, a playground at /")
-    p.add_argument("model_arg", nargs="?", metavar="MODEL", help="a run folder, a checkpoint folder or an installed "
-                   "model name: an encoder serves embeddings; a fine-tuned head labels, entities or answers")
-    p.add_argument("--model", default=None, help="the same as MODEL")
+    _model_argument(p, "a run folder, a checkpoint folder or an installed model name: an encoder serves "
+                    "embeddings; a fine-tuned head labels, entities or answers")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=port, default=8080, help="0: any free port (the one taken is printed)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "int8"], default=None,
@@ -524,18 +537,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     def run(a):
         import os
 
-        if a.model_arg and a.model and a.model_arg != a.model:
-            raise UserError(f"two models given: {a.model_arg!r} and --model {a.model!r}")
-        model = a.model_arg or a.model
-        if not model:
-            raise UserError("no model: give MODEL (a run folder, a checkpoint folder or an installed model name)")
-        try:
-            from bertkit.serve import ServeConfig, serve
-        except ModuleNotFoundError as e:
-            if e.name not in _SERVE_EXTRA:
-                raise
-            raise UserError(f"serving needs the serve extra ({e.name} is not installed): "
-                            f"pip install 'bertkit[serve]'") from None
+        model = _the_model(a)
+        from bertkit.serve import ServeConfig, serve
+
         config = ServeConfig(host=a.host, port=a.port, dtype=a.dtype, device=a.device, backend=a.backend,
                              max_length=a.max_length,
                              max_batch_tokens=a.max_batch_tokens, max_client_batch_size=a.max_client_batch_size,
@@ -565,22 +569,16 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = _parser(sub, "export", "a model (encoder or fine-tuned head) -> a folder for runtimes without PyTorch: "
                 "model.onnx with dynamic batch and sequence axes, config.json, the tokenizer files")
-    p.add_argument("model_arg", nargs="?", metavar="MODEL", help="a checkpoint folder, a run folder or an installed "
-                   "model name")
-    p.add_argument("--model", default=None, help="the same as MODEL")
+    _model_argument(p, "a checkpoint folder, a run folder or an installed model name")
     p.add_argument("--output", "-o", required=True, help="new folder for model.onnx and its files")
     p.add_argument("--format", choices=["onnx"], default="onnx", help="file format")
     p.add_argument("--int8", action="store_true", help="int8 weights (ONNX Runtime's dynamic quantization)")
     p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset, 17 to 20")
 
     def run(a):
-        if a.model_arg and a.model and a.model_arg != a.model:
-            raise UserError(f"two models given: {a.model_arg!r} and --model {a.model!r}")
-        if not (a.model_arg or a.model):
-            raise UserError("no model: give MODEL (a checkpoint folder, a run folder or an installed model name)")
         from bertkit.export import export
 
-        print(export(a.model_arg or a.model, a.output, format=a.format, int8=a.int8, opset=a.opset))
+        print(export(_the_model(a), a.output, format=a.format, int8=a.int8, opset=a.opset))
 
     p.set_defaults(func=run)
 
@@ -658,7 +656,9 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as e:
         if e.name not in OPTIONAL_PACKAGES:
             raise
-        print(f"bertkit {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        extra = OPTIONAL_PACKAGES[e.name]
+        print(f"bertkit {args.command}: error: this needs {e.name}, from bertkit's {extra} extra: "
+              f"pip install 'bertkit[{extra}]'", file=sys.stderr)
         return 2
     except OSError as e:  # disk full, I/O error: name the path
         print(f"bertkit {args.command}: error: {_one_line(e)}", file=sys.stderr)

@@ -145,3 +145,16 @@ def test_evaluation_on_a_second_prepared_corpus(shards, corpus, tmp_path):
     with pytest.raises(ValueError, match="different vocabulary"):
         pretrain(load_config(None, tiny_overrides(shards, tmp_path / "run2", eval_data=other,
                                                   **{"train.max_steps": 2})))
+
+
+def test_pretraining_reads_the_parts_of_a_corpus_prepared_on_several_machines(corpus, tmp_path):
+    vocab = small_vocab(corpus.parent / "vocab")
+    for i in range(2):  # as two machines would, each its own part
+        prepare(vocab, [corpus], tmp_path / "parts", max_seq_length=64, docs_per_shard=50, workers=1,
+                shard=(i, 2), progress=False)
+    res = pretrain(load_config(None, tiny_overrides(tmp_path / "parts", tmp_path / "run", eval_instances=0,
+                                                    **{"train.max_steps": 2})))
+    assert [r["step"] for r in res.history if "loss" in r] == [1, 2]
+    part0 = json.loads((tmp_path / "parts" / "part-0-of-2" / "meta.json").read_text())
+    part1 = json.loads((tmp_path / "parts" / "part-1-of-2" / "meta.json").read_text())
+    assert part0["part"]["documents"] + part1["part"]["documents"] == 150

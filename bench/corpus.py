@@ -5,7 +5,7 @@ SIGKILL/resume trials, and Ray against the plain path.
         --rss 100000,1000000 --throughput 100000 --kills 20 --ray 20000
 
 The corpus: the first 100,000 sentences of IMDB's training reviews (the pre-training sentence
-splitter), repeated to the size asked for. Every size thus holds the same distinct texts, so the
+splitter; --base), repeated to the size asked for. Every size thus holds the same distinct texts, so the
 tokenizer's cache (bounded on its own) holds the same, and what can grow with the corpus is the
 pipeline's memory alone.
 
@@ -14,10 +14,11 @@ pipeline's memory alone.
     Peak RSS is the child's ru_maxrss (os.wait4), i.e. its VmHWM.
 (b) --throughput: all-MiniLM-L6-v2 on N lines, embed_corpus (streaming, windows of 4,096) against
     one Embedder call on all N texts (in memory, one global length sort), same process, same texts.
-(c) --kills: `bertkit embed` (tiny model) SIGKILLed once its partial output passes a random size,
-    rerun to completion, compared byte for byte with an uninterrupted run.
-(d) --ray: embed_ray on a local Ray instance of --ray-cpus CPUs (one actor per CPU) against
-    embed_corpus with torch using as many threads, MiniLM; texts/s per core.
+(c) --kills: `bertkit embed` (tiny model) SIGKILLed at a random moment after its partial output
+    passes a random size, rerun to completion, compared byte for byte with an uninterrupted run.
+(d) --ray: embed_ray on a local Ray instance of --ray-cpus CPUs (one actor per CPU, one torch
+    thread each) against embed_corpus with torch using as many threads, MiniLM, windows of 1,024
+    on both sides; texts/s per core.
 """
 
 from __future__ import annotations
@@ -150,6 +151,7 @@ def kill_trials(work: Path, model: Path, trials: int, lines: int, base: list[str
         partial = Path(f"{out}.partial")
         while p.poll() is None:
             if partial.is_file() and partial.stat().st_size >= kill_at:
+                time.sleep(rng.uniform(0, 1))  # anywhere in the next chunk's life
                 p.send_signal(signal.SIGKILL)
                 break
             time.sleep(0.001)
@@ -167,7 +169,8 @@ def kill_trials(work: Path, model: Path, trials: int, lines: int, base: list[str
 # ---------------------------------------------------------------------------- (d) Ray
 
 
-def ray_vs_plain(work: Path, n: int, cpus: int, base: list[str]) -> dict:
+def ray_vs_plain(work: Path, n: int, cpus: int, base: list[str], window: int = 1024) -> dict:
+    """Windows of 1,024 rows on both sides: the same batches, and enough windows to keep every actor busy."""
     import ray
 
     from bertkit.corpus import embed_ray
@@ -177,13 +180,14 @@ def ray_vs_plain(work: Path, n: int, cpus: int, base: list[str]) -> dict:
     embedder = Embedder.from_pretrained(MINILM)
     embedder(base[:64])
     t = time.perf_counter()
-    embed_corpus(embedder, src, work / "plain.npy", overwrite=True, progress=False)
+    embed_corpus(embedder, src, work / "plain.npy", window=window, overwrite=True, progress=False)
     plain = time.perf_counter() - t
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     try:
-        embed_ray(MINILM, str(src), actors=cpus).materialize()  # actors up, model loaded: not timed below
+        embed_ray(MINILM, str(src), actors=cpus, window=window).materialize()  # warm-up: not timed
         t = time.perf_counter()
-        vectors = np.stack([r["embedding"] for r in embed_ray(MINILM, str(src), actors=cpus).take_all()])
+        ds = embed_ray(MINILM, str(src), actors=cpus, window=window)
+        vectors = np.stack([r["embedding"] for r in ds.take_all()])
         on_ray = time.perf_counter() - t
     finally:
         ray.shutdown()
@@ -200,11 +204,13 @@ def main() -> None:
     ap.add_argument("--kill-lines", type=int, default=20_000)
     ap.add_argument("--ray", type=int, default=20_000, help="lines for Ray vs plain; 0 skips")
     ap.add_argument("--ray-cpus", type=int, default=os.cpu_count())
+    ap.add_argument("--base", type=int, default=BASE_SENTENCES, help="distinct IMDB sentences the corpus repeats "
+                    "(a smoke run of small sizes wants fewer, so that its sizes too share their texts)")
     ap.add_argument("--json", default=None, help="also write the results here")
     a = ap.parse_args()
     results: dict = {"machine": machine()}
     print(results["machine"], flush=True)
-    base = sentences()
+    base = sentences(a.base)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model = tiny_model(work / "tiny")

@@ -36,6 +36,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from io import BytesIO
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,7 @@ def _texts_digest(previous: str, texts: Iterable[str]) -> str:
 
 def _input_stats(paths: Sequence[str]) -> list:
     """What a complete output is compared against: each input's name, size and modification time."""
-    return [p if p == "-" else [p, os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in paths]
+    return [p if p == "-" else [os.path.abspath(p), os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in paths]
 
 
 def model_fingerprint(embedder: Embedder) -> str:
@@ -116,7 +117,7 @@ def model_fingerprint(embedder: Embedder) -> str:
     h = hashlib.sha256()
     source = getattr(embedder.model, "source_dir", None)
     if source is not None:
-        patterns = ("*.safetensors", "*.index.json", "config.json", "bert_config.json", "vocab.txt",
+        patterns = ("*.safetensors", "*.bin", "*.index.json", "config.json", "bert_config.json", "vocab.txt",
                     "tokenizer_config.json", "bert_model.ckpt*")
         for path in sorted({p for pattern in patterns for p in Path(source).glob(pattern) if p.is_file()}):
             h.update(path.name.encode())
@@ -144,6 +145,7 @@ class Writer:
         self.kind = "stdout" if str(output) == "-" else "npy" if str(output).endswith(".npy") else "jsonl"
         self.dim, self.several_inputs = dim, several_inputs
         self.partial = self.path.with_name(self.path.name + ".partial")
+        self.state_path = self.path.with_name(self.path.name + ".embed.json")  # the job's state (embed_corpus)
         self.file = None
         self.size = 0
 
@@ -157,9 +159,9 @@ class Writer:
         """The .npy header for `rows` rows: 128 bytes whatever the count (numpy leaves room to grow)."""
         if self.kind != "npy":
             return b""
-        f = _BytesSink()
+        f = BytesIO()
         npy_format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (rows, self.dim)})
-        return f.data
+        return f.getvalue()
 
     def encode(self, rows: Sequence[Row], vectors: np.ndarray) -> bytes:
         if self.kind == "npy":
@@ -206,12 +208,6 @@ class Writer:
         self.size += len(data)
         return offset
 
-    def read(self, offset: int, size: int) -> bytes:
-        self.file.seek(offset)
-        data = self.file.read(size)
-        self.file.seek(self.size)
-        return data
-
     def finish(self, rows: int, before_rename=None) -> None:
         """The final header, then OUT.partial -> OUT (`before_rename` runs in between)."""
         if self.kind == "stdout":
@@ -230,14 +226,6 @@ class Writer:
         if self.file is not None:
             self.file.close()  # and the lock with it
             self.file = None
-
-
-class _BytesSink:
-    def __init__(self):
-        self.data = b""
-
-    def write(self, data: bytes) -> None:
-        self.data += data
 
 
 # ---------------------------------------------------------------------------- the job
@@ -285,8 +273,8 @@ def embed_corpus(model: str | os.PathLike | Embedder, inputs: str | os.PathLike 
         "batch_size": batch_size, "window": window, "inputs": [p if p == "-" else os.path.abspath(p) for p in paths],
         "text_field": text_field, "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
     }
-    state_path = writer.path.with_name(writer.path.name + ".embed.json")
-    state = _previous_run(writer, state_path, settings, paths, resume, overwrite)
+    state_path = writer.state_path
+    state = _previous_run(writer, settings, paths, resume, overwrite)
     summary = {"output": str(output), "dim": embedder.dim}
     if state is not None and state["complete"]:
         print(f"embed: {writer.path} is complete ({state['rows']} rows); --overwrite recomputes it", file=sys.stderr)
@@ -338,11 +326,11 @@ def embed_corpus(model: str | os.PathLike | Embedder, inputs: str | os.PathLike 
             "seconds": time.perf_counter() - start}
 
 
-def _previous_run(writer: Writer, state_path: Path, settings: dict, paths: Sequence[str], resume: bool,
+def _previous_run(writer: Writer, settings: dict, paths: Sequence[str], resume: bool,
                   overwrite: bool) -> dict | None:
     """What an earlier run left: its state when it is complete (nothing to do) or unfinished and to be
     continued, None to start afresh. Other settings are refused, naming the difference."""
-    state = _read_state(state_path) if writer.kind != "stdout" else None
+    state = _read_state(writer.state_path) if writer.kind != "stdout" else None
     if state is None or overwrite:
         return None
     if state["complete"]:
@@ -446,22 +434,23 @@ class RayEmbedder:
 
 
 def read_ray(paths: Sequence[str], text_field: str | None = None):
-    """A Ray dataset of the inputs' texts ("text" column, plus "path"), read on the cluster: every
-    node must see the files (a shared file system, or s3:// and other URLs Ray reads)."""
+    """A Ray dataset of the inputs' rows, read on the cluster by the reader embed_corpus uses (the
+    same rows, line numbers and file:line errors): columns "file" (as named here), "line", "text".
+    Every node must see the files at the same path (a shared file system)."""
     ray = _import_ray()
     if "-" in paths:
         raise ValueError("a Ray job cannot read stdin: give input files")
-    jsonl = [text_field is not None or str(p).endswith(".jsonl") for p in paths]
-    if any(jsonl) and not all(jsonl):
-        raise ValueError("a Ray job reads text files or JSON lines, not both at once")
-    # Reading takes no CPU slot (it waits on files): actors may hold every CPU without starving it.
-    if all(jsonl):
-        ds = ray.data.read_json(list(paths), lines=True, include_paths=True, num_cpus=0)
-        field = text_field or "text"
-        return ds.select_columns([field, "path"]).rename_columns({field: "text"}) if field != "text" else \
-            ds.select_columns(["text", "path"])
-    # Every line is a row, blank ones too (embedded as empty texts, as embed_corpus does).
-    return ray.data.read_text(list(paths), drop_empty_lines=False, include_paths=True, num_cpus=0)
+
+    def rows(batch: dict[str, np.ndarray]) -> Iterator[dict[str, list]]:
+        for name, path in zip(batch["file"], batch["path"]):
+            for chunk in io.chunked(io.numbered_texts(path, keep_blank=True, text_field=text_field), 1024):
+                yield {"file": [name] * len(chunk), "line": [n for n, _ in chunk], "text": [t for _, t in chunk]}
+
+    files = ray.data.from_items([{"file": str(p), "path": os.path.abspath(p)} for p in paths])
+    # Blocks of about 256 KiB of text (Ray's default, 128 MiB, would hand a whole file to one actor),
+    # one file per task; reading takes no CPU slot, so actors may hold every CPU without starving it.
+    files.context.target_max_block_size = 1 << 18
+    return files.map_batches(rows, batch_size=1, num_cpus=0)
 
 
 def embed_ray(model: str | os.PathLike, data: Any, *, text_field: str | None = None, batch_size: int = 32,
@@ -472,10 +461,12 @@ def embed_ray(model: str | os.PathLike, data: Any, *, text_field: str | None = N
     ds = embed_ray("all-MiniLM-L6-v2", ray.data.read_parquet("s3://bucket/docs/"), text_field="body")
     ds.write_parquet("s3://bucket/vectors/")   # or: for batch in ds.iter_batches(): ...
 
-    data: a ray.data.Dataset whose `text_field` column ("text" by default) holds the texts, or input
-    paths (read_ray). `actors` Ray actors (default: one per `cpus_per_actor` CPUs of the cluster)
-    each load the model once (from a path every node sees, or an installed model name) and embed
-    windows of `window` rows, each length-sorted into batches as embed_corpus does.
+    data: a ray.data.Dataset whose `text_field` column ("text" by default) holds the texts (from
+    any Ray reader: read_parquet, read_text, s3://...), or input paths (read_ray). `actors` Ray
+    actors (default: one per `cpus_per_actor` CPUs of the cluster) each load the model once (from a
+    path every node sees, or an installed model name) and embed windows of `window` rows, each
+    length-sorted into batches as embed_corpus does. A dataset read with Ray's own readers should
+    read with num_cpus=0 when the actors take every CPU (else reads wait behind them).
     """
     ray = _import_ray()
     if not ray.is_initialized():
@@ -507,7 +498,7 @@ def embed_corpus_ray(model: str | os.PathLike, inputs: str | Sequence[str], outp
     paths = io.expand_paths(inputs)
     ds = embed_ray(model, read_ray(paths, text_field), batch_size=batch_size, window=window, actors=actors,
                    **embedder_options)
-    writer, lines, done, blank = None, {}, 0, 0
+    writer, done, blank = None, 0, 0
     bar = tqdm(unit="text", desc="embed (ray)", disable=not progress, file=sys.stderr)
     try:
         for batch in ds.iter_batches(batch_size=window, batch_format="numpy"):
@@ -515,11 +506,9 @@ def embed_corpus_ray(model: str | os.PathLike, inputs: str | Sequence[str], outp
             if writer is None:
                 writer = Writer(output, vectors.shape[1], several_inputs=len(paths) > 1)
                 writer.lock()
+                writer.state_path.unlink(missing_ok=True)  # an earlier run's state would not describe this one
                 writer.start()
-            rows = []
-            for path, text in zip(batch["path"], batch["text"]):
-                lines[path] = lines.get(path, 0) + 1  # Ray's path column names the file; lines count in order
-                rows.append((_local_name(str(path), paths), lines[path], str(text)))
+            rows = list(zip(map(str, batch["file"]), map(int, batch["line"]), map(str, batch["text"])))
             writer.write(writer.encode(rows, vectors))
             done += len(rows)
             blank += sum(1 for _, _, t in rows if not t.strip())
@@ -537,11 +526,3 @@ def embed_corpus_ray(model: str | os.PathLike, inputs: str | Sequence[str], outp
         print(f"embed: {', '.join(paths)}: {blank} blank line(s) embedded as empty texts", file=sys.stderr)
     return {"output": str(output), "dim": writer.dim, "rows": done, "blank": blank, "resumed_at": 0,
             "already_complete": False, "seconds": time.perf_counter() - start}
-
-
-def _local_name(ray_path: str, paths: Sequence[str]) -> str:
-    """The input as the user named it, for Ray's path column (which drops a leading '/')."""
-    for p in paths:
-        if os.path.abspath(p).lstrip("/") == ray_path.lstrip("/"):
-            return p
-    return ray_path

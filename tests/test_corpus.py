@@ -20,7 +20,7 @@ import torch
 
 from bertkit.cli import main
 from bertkit.config import BertConfig
-from bertkit.corpus import embed_corpus, embed_ray, read_rows
+from bertkit.corpus import embed_corpus, read_rows
 from bertkit.data.corpus import split_sentences
 from bertkit.heads import BertModel
 from bertkit.infer import Embedder
@@ -285,28 +285,40 @@ def test_cli_embed_options_and_errors(tiny, sentences, tmp_path, capsys):
 # ---------------------------------------------------------------------------- Ray
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'bertkit[ray]')")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+RAY_SCRIPT = """
+import json, sys
+import numpy as np
+import ray
+from bertkit.cli import main
+from bertkit.corpus import embed_ray
+model, src, out = sys.argv[1:]
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+rows = embed_ray(model, src, window=16, actors=2).take_all()
+np.save(out + "/api.npy", np.stack([r["embedding"] for r in rows]))
+json.dump([str(r["text"]) for r in rows], open(out + "/texts.json", "w"))
+sys.exit(main(["embed", "--ray", "--model", model, "--input", src, "--output", out + "/ray.jsonl", "--window", "16",
+               "--no-progress"]))
+"""
 
 
-def test_ray_vectors_equal_bertkit_embed(local_ray, minilm, sentences, tmp_path, capsys):
+def test_ray_vectors_equal_bertkit_embed(minilm, sentences, tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'bertkit[ray]')")
     # A blank line, and a line separator that str.splitlines (Ray's read_text) would split on.
     texts = sentences[:60] + ["", "one row \u2028 not two"] + sentences[60:79]
     src = write_lines(tmp_path / "t.txt", texts)
     assert main(["embed", "--model", str(minilm), "--input", str(src), "--output", str(tmp_path / "plain.npy"),
                  "--no-progress"]) == 0
     plain = np.load(tmp_path / "plain.npy")
-    ds = embed_ray(str(minilm), str(src), window=16, actors=2)
-    rows = ds.take_all()
-    assert [str(r["text"]) for r in rows] == texts  # every row, the blank one too, in input order
-    np.testing.assert_allclose(np.stack([r["embedding"] for r in rows]), plain, atol=1e-5)
+    # Ray in a process of its own (2 CPUs): its threads must not outlive the test in this process,
+    # where later tests fork.
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, "-c", RAY_SCRIPT, str(minilm), str(src), str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # embed_ray: every row, the blank one too, in input order, the vectors of `bertkit embed`.
+    assert json.loads((tmp_path / "texts.json").read_text()) == texts
+    np.testing.assert_allclose(np.load(tmp_path / "api.npy"), plain, atol=1e-5)
     # The CLI's --ray writes the same file layout from the same rows.
-    assert main(["embed", "--ray", "--model", str(minilm), "--input", str(src), "--output",
-                 str(tmp_path / "ray.jsonl"), "--window", "16", "--no-progress"]) == 0
     got = [json.loads(line) for line in (tmp_path / "ray.jsonl").read_text().splitlines()]
     assert [r["line"] for r in got] == list(range(1, 82))
     np.testing.assert_allclose(np.array([r["embedding"] for r in got]), plain, atol=1e-5)

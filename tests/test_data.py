@@ -18,6 +18,8 @@ from bertkit.data import (
     Masker,
     MaskingConfig,
     PretrainingData,
+    PretrainingParts,
+    open_prepared,
     prepare,
     read_documents,
     split_sentences,
@@ -262,6 +264,61 @@ def test_fingerprints_tell_data_and_batches_apart(prepared, tmp_path):
     other_prep = prepare(minilm_dir(), [prepared[1]], tmp_path / "seed", max_seq_length=64, docs_per_shard=50,
                          workers=1, seed=7, progress=False)
     assert other_prep and PretrainingData(tmp_path / "seed").fingerprint() != data.fingerprint()
+
+
+def test_prepare_parts_are_disjoint_complete_and_read_as_one_corpus(prepared, tmp_path):
+    _, corpus, whole = prepared
+    for i in range(3):
+        prepare(minilm_dir(), [corpus], tmp_path / "parts", max_seq_length=64, docs_per_shard=25, workers=1,
+                shard=(i, 3), progress=False)
+    folders = [tmp_path / "parts" / f"part-{i}-of-3" for i in range(3)]
+    metas = [json.loads((f / "meta.json").read_text()) for f in folders]
+    assert [m["part"]["documents"] for m in metas] == [40, 40, 40]
+    # Shard numbers interleave across parts (every shard its own RNG seed), never repeat.
+    names = [s["name"] for m in metas for s in m["shards"]]
+    assert sorted(names) == [f"shard-{n:05d}" for n in range(6)]
+    # Document d's text is in part d % 3 (B segments come from the same shard, so from the same part).
+    tok = Tokenizer.from_pretrained(minilm_dir())
+    grams = []
+    for f in folders:
+        part = PretrainingData(f)
+        grams.append({tuple(ids[k:k + 6].tolist()) for ids, _, _ in (part[j] for j in range(len(part)))
+                      for k in range(len(ids) - 5)})
+    docs = list(read_documents([corpus]))
+    for d, doc in enumerate(docs):
+        if [x[0] for x in docs].count(doc[0]) > 1:
+            continue  # IMDB repeats a few reviews (near copies): one may sit in another part
+        ids = [i for sentence in doc for i in tok.encode(sentence, truncation=False).input_ids[1:-1]]
+        hits = [sum(tuple(ids[k:k + 6]) in g for k in range(len(ids) - 5)) for g in grams]
+        assert hits[d % 3] == max(hits) > 2 * sorted(hits)[1], (d, hits)  # other parts: shared phrases at most
+    # Read as one corpus: part 0's instances, then part 1's, then part 2's.
+    data = open_prepared(tmp_path / "parts")
+    assert isinstance(data, PretrainingParts)
+    parts = [PretrainingData(f) for f in folders]
+    assert len(data) == sum(len(p) for p in parts) == sum(m["stats"]["instances"] for m in metas)
+    assert np.array_equal(data[len(parts[0])][0], parts[1][0][0])
+    assert np.array_equal(data.lengths(), np.concatenate([p.lengths() for p in parts]))
+    data.check_vocab(tok.vocab)
+    assert Tokenizer.from_pretrained(data.dir).vocab == tok.vocab
+    assert whole["stats"]["documents"] == 120 and isinstance(open_prepared(prepared[0] / "out"), PretrainingData)
+
+
+def test_parts_that_do_not_make_one_corpus_are_refused(prepared, tmp_path):
+    _, corpus, _ = prepared
+    out = tmp_path / "parts"
+    prepare(minilm_dir(), [corpus], out, max_seq_length=64, workers=1, shard=(0, 2), progress=False)
+    with pytest.raises(ValueError, match="not parts 0 to 1 of 2"):
+        open_prepared(out)  # part 1 missing
+    prepare(minilm_dir(), [corpus], out, max_seq_length=32, workers=1, shard=(1, 2), progress=False)
+    with pytest.raises(ValueError, match="different max_seq_length"):
+        open_prepared(out)
+    prepare(minilm_dir(), [corpus], out, max_seq_length=64, workers=1, shard=(1, 2), progress=False)
+    assert len(open_prepared(out)) > 0
+    prepare(minilm_dir(), [corpus], out, max_seq_length=64, workers=1, shard=(2, 3), progress=False)
+    with pytest.raises(ValueError, match="not parts 0 to 1 of 2"):
+        open_prepared(out)  # left over from another split
+    with pytest.raises(ValueError, match="shard 2/2"):
+        prepare(minilm_dir(), [corpus], out, workers=1, shard=(2, 2), progress=False)
 
 
 # ---------------------------------------------------------------------------- masking

@@ -83,3 +83,40 @@ def test_read_texts_keeps_or_skips_blank_lines(tmp_path):
 def test_chunked_streams():
     assert list(io.chunked(iter(range(7)), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
     assert list(io.chunked([], 3)) == []
+
+
+def test_expand_paths_keeps_order_sorts_glob_matches_and_names_what_is_missing(tmp_path):
+    for name in ("b.txt", "a.txt", "sub/c.txt", "sub/d.jsonl"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("x\n")
+    got = io.expand_paths([str(tmp_path / "b.txt"), str(tmp_path / "*.txt"), "-", str(tmp_path / "**" / "*.jsonl")])
+    assert got == [str(tmp_path / n) for n in ("b.txt", "a.txt", "b.txt")] + ["-", str(tmp_path / "sub" / "d.jsonl")]
+    assert io.expand_paths(tmp_path / "a.txt") == [str(tmp_path / "a.txt")]
+    with pytest.raises(FileNotFoundError, match=r"\*\.csv: no file matches"):
+        io.expand_paths([str(tmp_path / "*.csv")])
+    with pytest.raises(FileNotFoundError, match="missing.txt: no such file"):
+        io.expand_paths([str(tmp_path / "missing.txt")])
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        io.expand_paths([str(tmp_path / "sub")])
+
+
+def test_numbered_texts_give_the_line_of_each_text(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"text": "a", "body": "c"}\n\n{"text": "b", "body": "d"}\n')
+    assert list(io.numbered_texts(path, keep_blank=True)) == [(1, "a"), (3, "b")]
+    assert list(io.numbered_texts(path, keep_blank=True, text_field="body")) == [(1, "c"), (3, "d")]
+    txt = tmp_path / "t.txt"
+    txt.write_text("a\n\nb\n")
+    assert list(io.numbered_texts(txt, keep_blank=False)) == [(1, "a"), (3, "b")]
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 100])
+def test_shards_are_disjoint_and_together_complete(n):
+    parts = [list(io.shard(iter(range(n)), i, 3)) for i in range(3)]
+    assert sorted(x for p in parts for x in p) == list(range(n))
+    whole = [None] * n
+    for i, p in enumerate(parts):
+        whole[i::3] = p  # part i interleaves back
+    assert whole == list(range(n))
+    with pytest.raises(ValueError, match="shard 3/3"):
+        io.shard([], 3, 3)

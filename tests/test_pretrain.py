@@ -256,3 +256,16 @@ def test_bad_input_is_one_line_and_exit_2(shards, finished_run, tmp_path, capsys
     assert cli.main(["pretrain", *tiny_overrides(shards, tmp_path / "run", **overrides)]) == 2
     err = one_error_line(capsys)
     assert err.startswith("bertkit pretrain: error: ") and re.search(message, err), err
+
+
+def test_pretraining_reads_the_parts_of_a_corpus_prepared_on_several_machines(corpus, tmp_path):
+    vocab = small_vocab(corpus.parent / "vocab")
+    for i in range(2):  # as two machines would, each its own part
+        prepare(vocab, [corpus], tmp_path / "parts", max_seq_length=64, docs_per_shard=50, workers=1,
+                shard=(i, 2), progress=False)
+    res = pretrain(load_config(None, tiny_overrides(tmp_path / "parts", tmp_path / "run", eval_instances=0,
+                                                    **{"train.max_steps": 2})))
+    assert [r["step"] for r in res.history if "loss" in r] == [1, 2]
+    part0 = json.loads((tmp_path / "parts" / "part-0-of-2" / "meta.json").read_text())
+    part1 = json.loads((tmp_path / "parts" / "part-1-of-2" / "meta.json").read_text())
+    assert part0["part"]["documents"] + part1["part"]["documents"] == 150

@@ -111,6 +111,27 @@ class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def shard(text: str) -> tuple[int, int]:
+    """i/n: part i (counted from 0) of n disjoint parts, e.g. 0/4 ... 3/4 on four machines."""
+    index, sep, count = text.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        i, n = -1, 0
+    if not sep or n < 1 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"{text!r} is not i/n with 0 <= i < n (e.g. 0/4 for the first of four parts)")
+    return i, n
+
+
+def _stop_on(signum: int, message: str) -> None:
+    """Turn signal `signum` into Stopped(signum, message): the command's own state is consistent at
+    every moment (it writes atomically), so stopping anywhere is safe."""
+    def stop(sig, frame):
+        raise Stopped(sig, message)
+
+    signal.signal(signum, stop)
+
+
 def _parser(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
     """A subcommand parser whose --help shows every default."""
     return sub.add_parser(name, help=help, description=help, formatter_class=_ShowDefaults)
@@ -173,13 +194,15 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--docs-per-shard", type=int, default=2000)
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--shard", type=shard, default=None, help="i/n: documents i, i+n, i+2n, ... only, into "
+                   "OUTPUT/part-i-of-n (e.g. one part per machine); `pretrain data=OUTPUT` reads all parts as one")
 
     def run(a):
         from bertkit.data import prepare
 
         prepare(a.vocab, a.input, a.output, max_seq_length=a.max_seq_length, short_seq_prob=a.short_seq_prob,
                 dupe_factor=a.dupe_factor, seed=a.seed, docs_per_shard=a.docs_per_shard, workers=a.workers,
-                fmt=a.format, text_field=a.text_field)
+                fmt=a.format, text_field=a.text_field, shard=a.shard)
 
     p.set_defaults(func=run)
 
@@ -461,31 +484,70 @@ def _write_with(path, write) -> None:
 
 
 def _add_embed(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("embed", help="sentence embeddings of texts (one per line) to .npy or JSON lines")
+    p = _parser(sub, "embed", "sentence embeddings of texts (one per line, or JSON lines) to .npy or JSON lines, "
+                "streamed in bounded memory; a killed run continues where it stopped")
     p.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2",
-                   help="checkpoint directory or installed model name")
-    p.add_argument("--input", default="-", help="file with one text per line, '-' for stdin")
+                   help="checkpoint directory, run folder or installed model name")
+    p.add_argument("--input", nargs="+", default=["-"], help="files or glob patterns ('docs/*.jsonl'), one text "
+                   "per line or JSON lines; '-' for stdin")
+    p.add_argument("--text-field", default=None, help="read the inputs as JSON lines, text in this field "
+                   "(default: 'text' for .jsonl files, plain lines otherwise)")
     p.add_argument("--output", required=True, help="out.npy, out.jsonl, or '-' for JSON lines on stdout")
     p.add_argument("--pooling", choices=["mean", "cls"], default="mean")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--window", type=positive_int, default=4096, help="texts length-sorted together and written "
+                   "as one chunk: memory and what a crash can cost grow with it")
     p.add_argument("--dtype", choices=["fp32", "bf16", "int8"], default=None,
                    help="default fp32; an ONNX model runs in the precision it was exported in")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
                    help="onnx: MODEL is a `bertkit export --format onnx` folder, run by ONNX Runtime")
-    p.add_argument("--max-length", type=int, default=None, help="tokens per input (default: the model's 512)")
+    p.add_argument("--max-length", type=max_length, default=None, help="tokens per input (default: the model's 512)")
     p.add_argument("--long-inputs", choices=["truncate", "windows"], default="truncate",
                    help="texts over max-length: keep the start, or average overlapping windows")
-    p.add_argument("--stride", type=int, default=None, help="tokens shared by consecutive windows")
+    p.add_argument("--stride", type=non_negative_int, default=None, help="tokens shared by consecutive windows")
     p.add_argument("--normalize", action="store_true", help="unit-length vectors")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (int8 is CPU-only)")
+    p.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:1, ... (int8 is CPU-only)")
+    p.add_argument("--workers", type=positive_int, default=None, help="processes that tokenize "
+                   "(default: the tokenizer's)")
+    p.add_argument("--shard", type=shard, default=None, help="i/n: embed rows i, i+n, i+2n, ... only (part i of "
+                   "n, e.g. one per machine); part i interleaves back as whole[i::n]")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue an unfinished run with the same settings (--no-resume: start over)")
+    p.add_argument("--overwrite", action="store_true", help="recompute a complete output")
+    p.add_argument("--ray", action="store_true", help="run on a Ray cluster (pip install 'bertkit[ray]'); "
+                   "inputs are read by Ray, so every node must see them; no resume")
+    p.add_argument("--ray-address", default=None, help="the cluster's head, e.g. 10.0.0.1:6379 "
+                   "(default: $RAY_ADDRESS, else a Ray instance on this machine)")
     p.add_argument("--no-progress", action="store_true")
 
     def run(a):
-        from bertkit.infer import embed_file
+        options = dict(pooling=a.pooling, dtype=a.dtype, max_length=a.max_length, long_inputs=a.long_inputs,
+                       stride=a.stride, normalize=a.normalize, device=a.device, backend=a.backend)
+        if a.ray:
+            import importlib.util
 
-        embed_file(a.model, a.input, a.output, pooling=a.pooling, batch_size=a.batch_size, dtype=a.dtype,
-                   max_length=a.max_length, long_inputs=a.long_inputs, stride=a.stride, normalize=a.normalize,
-                   device=a.device, backend=a.backend, progress=not a.no_progress)
+            if importlib.util.find_spec("ray") is None:
+                raise UserError("--ray needs Ray: pip install 'bertkit[ray]'")
+            if a.shard is not None or a.workers is not None:
+                raise UserError("--ray spreads the work itself: leave out --shard and --workers")
+            import ray
+
+            from bertkit.corpus import embed_corpus_ray
+
+            ray.init(address=a.ray_address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+            s = embed_corpus_ray(a.model, a.input, a.output, text_field=a.text_field, batch_size=a.batch_size,
+                                 window=a.window, progress=not a.no_progress, **options)
+        else:
+            from bertkit.corpus import embed_corpus
+
+            _stop_on(signal.SIGTERM, "stopped; rerun the same command to continue")
+            s = embed_corpus(a.model, a.input, a.output, text_field=a.text_field, batch_size=a.batch_size,
+                             window=a.window, shard=a.shard, workers=a.workers, resume=a.resume,
+                             overwrite=a.overwrite, progress=not a.no_progress, **options)
+        if not a.no_progress and not s["already_complete"]:
+            resumed = f" (resumed at row {s['resumed_at']:,})" if s["resumed_at"] else ""
+            print(f"embed: {s['rows']:,} vectors of {s['dim']} -> {s['output']} in {s['seconds']:.1f} s{resumed}",
+                  file=sys.stderr)
 
     p.set_defaults(func=run)
 

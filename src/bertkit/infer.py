@@ -37,7 +37,6 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from bertkit import io
 from bertkit.batching import Prepared, collate, sorted_batches
 from bertkit.heads import BertModel
 from bertkit.hub import DEFAULT_MODEL, resolve
@@ -125,10 +124,12 @@ class Embedder:
 
     def __init__(self, model: nn.Module | OnnxModel, tokenizer: Tokenizer, *, dtype: str | None = None,
                  pooling: str = "mean", max_length: int | None = None, long_inputs: str = "truncate",
-                 stride: int | None = None, normalize: bool = False, inplace: bool = False, device: str = "cpu"):
+                 stride: int | None = None, normalize: bool = False, inplace: bool = False, device: str = "cpu",
+                 workers: int | None = None):
         """dtype: fp32 by default; an OnnxModel runs in the precision it was exported in.
         inplace: convert `model` itself to `dtype` instead of a copy (see precision.cast_model).
-        device: where the encoder runs ("cpu", "cuda", "cuda:1", ...); vectors always come back on the CPU."""
+        device: where the encoder runs ("cpu", "cuda", "cuda:1", ...); vectors always come back on the CPU.
+        workers: processes that tokenize (Tokenizer.encode_batch's pool); None: the tokenizer's default."""
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
         if long_inputs not in LONG_INPUTS:
@@ -147,6 +148,7 @@ class Embedder:
         self.tokenizer = tokenizer
         self.dtype, self.pooling, self.max_length = dtype, pooling, max_length
         self.long_inputs, self.stride, self.normalize = long_inputs, stride, normalize
+        self.workers = workers
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | os.PathLike, *, backend: str = "torch", **options) -> Embedder:
@@ -168,18 +170,18 @@ class Embedder:
         if isinstance(texts, str):
             raise TypeError("texts must be a list of strings; wrap a single text in a list")
         windows = self.long_inputs == "windows"
-        prepared = []
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"text {i} is a {type(text).__name__}, not a str")
-            # Overflowing windows are asked for in both modes: truncation keeps the first and
-            # learns from the rest that something was cut.
-            enc = self.tokenizer.encode(text, max_length=self.max_length, truncation=True, return_offsets=False,
-                                        stride=self.stride if windows else 0, return_overflowing=True)
-            kept = (enc, *enc.overflowing) if windows else (enc,)
-            prepared.append(Prepared([{"input_ids": e.input_ids, "attention_mask": e.attention_mask} for e in kept],
-                                     truncated=bool(enc.overflowing) and not windows))
-        return prepared
+        # Overflowing windows are asked for in both modes: truncation keeps the first and learns
+        # from the rest that something was cut.
+        pool = {"workers": self.workers} if self.workers is not None else {}
+        encodings = self.tokenizer.encode_batch(list(texts), max_length=self.max_length, truncation=True,
+                                                return_offsets=False, stride=self.stride if windows else 0,
+                                                return_overflowing=True, **pool)
+        return [Prepared([{"input_ids": e.input_ids, "attention_mask": e.attention_mask}
+                          for e in ((enc, *enc.overflowing) if windows else (enc,))],
+                         truncated=bool(enc.overflowing) and not windows) for enc in encodings]
 
     def features(self, texts: Sequence[str]) -> tuple[list[dict], list[int]]:
         """Model inputs for each text (one, or several windows) and the text each belongs to."""
@@ -278,40 +280,3 @@ def cosine_matrix(vectors: np.ndarray) -> np.ndarray:
     """Cosine similarity of every pair of rows: [n, dim] -> [n, n]."""
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     return unit @ unit.T
-
-
-def embed_file(model: str | os.PathLike, input: str | os.PathLike, output: str | os.PathLike, *,
-               batch_size: int = 32, progress: bool = True, **options) -> np.ndarray:
-    """Embed a file of texts (one per line) into .npy, or JSON lines (.jsonl, or '-' for stdout).
-
-    JSON lines: {"line": n, "embedding": [...]} per input line. Blank lines are
-    embedded as empty texts (and counted on stderr) so row n is line n.
-    """
-    out = str(output)
-    if out != "-" and not out.endswith((".npy", ".jsonl", ".json")):
-        raise ValueError(f"{out}: output must end in .npy or .jsonl (or be '-' for JSON lines on stdout)")
-    texts = list(io.read_texts(input, keep_blank=True))
-    if not any(t.strip() for t in texts):
-        raise ValueError(f"{input}: no texts (the input is empty)")
-    blank = sum(1 for t in texts if not t.strip())
-    if blank:
-        print(f"embed: {input}: {blank} blank line(s) embedded as empty texts", file=sys.stderr)
-    vectors = embed(texts, model, batch_size=batch_size, progress=progress, **options)
-    if out == "-":
-        _write_jsonl(vectors, sys.stdout)
-        return vectors
-    def write(path: Path) -> None:
-        if out.endswith(".npy"):
-            with path.open("wb") as f:
-                np.save(f, vectors, allow_pickle=False)
-        else:
-            with path.open("w", encoding="utf-8") as f:
-                _write_jsonl(vectors, f)
-
-    io.atomic_write(out, write)
-    return vectors
-
-
-def _write_jsonl(vectors: np.ndarray, f) -> None:
-    for n, v in enumerate(vectors, 1):
-        f.write(json.dumps({"line": n, "embedding": v.tolist()}) + "\n")

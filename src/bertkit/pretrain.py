@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 
 from bertkit.config import PRESETS, BertConfig, load_settings
-from bertkit.data import MaskedBatches, Masker, MaskingConfig, PretrainingData
+from bertkit.data import MaskedBatches, Masker, MaskingConfig, open_prepared
 from bertkit.heads import BertForPreTraining
 from bertkit.tokenizer import Tokenizer
 from bertkit.train import TrainConfig, TrainResult, train
@@ -109,7 +109,7 @@ def heldout_evaluator(batches: MaskedBatches):
 
 def pretrain(cfg: PretrainConfig) -> TrainResult:
     """Pre-train (or continue pre-training) with MLM + NSP; write everything under cfg.train.out_dir."""
-    data = PretrainingData(cfg.data)
+    data = open_prepared(cfg.data)
     tokenizer = Tokenizer.from_pretrained(data.dir)
     model = build_model(cfg, tokenizer)
     if cfg.model not in PRESETS and (Path(model.source_dir) / "vocab.txt").is_file():
@@ -120,7 +120,7 @@ def pretrain(cfg: PretrainConfig) -> TrainResult:
     masker = Masker(cfg.masking, tokenizer.vocab, tokenizer.special_ids, tokenizer.mask_token_id)
     n_eval = cfg.eval_instances
     if cfg.eval_data:
-        eval_data = PretrainingData(cfg.eval_data)
+        eval_data = open_prepared(cfg.eval_data)
         eval_data.check_vocab(tokenizer.vocab)
         n_eval = min(n_eval, len(eval_data))
         train_ids, eval_ids = list(range(len(data))), list(range(n_eval))

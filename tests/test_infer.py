@@ -254,3 +254,15 @@ def test_sentence_transformers_options_read_pooling_and_length(minilm, tmp_path)
     config.write_text("{not json")
     with pytest.raises(ValueError, match="not a sentence-transformers config"):
         sentence_pooling(tmp_path)
+
+
+def test_encode_speaks_sentence_transformers(minilm, embedder, texts, fp32):
+    st = pytest.importorskip("sentence_transformers")
+    ref = st.SentenceTransformer(str(minilm), device="cpu")
+    want = ref.encode(texts[:8], batch_size=4, normalize_embeddings=True)
+    got = embedder.encode(texts[:8], batch_size=4, normalize_embeddings=True)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    one = embedder.encode(texts[0])  # one text -> one vector, as sentence-transformers gives it
+    assert one.shape == (embedder.dim,)
+    np.testing.assert_allclose(one, fp32[0], atol=1e-5)
+    assert isinstance(embedder.encode(texts[:2], convert_to_tensor=True), torch.Tensor)

@@ -107,7 +107,7 @@ def model_fingerprint(embedder: Embedder) -> str:
     h = hashlib.sha256()
     source = getattr(embedder.model, "source_dir", None)
     if source is not None:
-        patterns = ("*.safetensors", "*.bin", "*.index.json", "config.json", "bert_config.json", "vocab.txt",
+        patterns = ("*.safetensors", "*.onnx", "*.bin", "*.index.json", "config.json", "bert_config.json", "vocab.txt",
                     "tokenizer_config.json", "bert_model.ckpt*")
         for path in sorted({p for pattern in patterns for p in Path(source).glob(pattern) if p.is_file()}):
             h.update(path.name.encode())

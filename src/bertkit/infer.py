@@ -216,6 +216,17 @@ class Embedder:
         """[len(texts), hidden] float32 embeddings, in the order of `texts`."""
         return self.run(self.prepare(texts), batch_size, progress)
 
+    def encode(self, sentences: str | Sequence[str], batch_size: int = 32, show_progress_bar: bool = False,
+               normalize_embeddings: bool = False, convert_to_tensor: bool = False) -> np.ndarray | torch.Tensor:
+        """sentence-transformers' `encode`: a list of texts -> [n, hidden]; one str -> [hidden].
+        normalize_embeddings gives unit-length vectors (cosine = dot product)."""
+        single = isinstance(sentences, str)
+        vectors = self([sentences] if single else list(sentences), batch_size, show_progress_bar)
+        if normalize_embeddings and not self.normalize:
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        vectors = vectors[0] if single else vectors
+        return torch.from_numpy(vectors) if convert_to_tensor else vectors
+
 
 def embed(texts: Sequence[str], model: str | os.PathLike | nn.Module | OnnxModel | Embedder = DEFAULT_MODEL, *,
           tokenizer: Tokenizer | None = None, pooling: str = "mean", batch_size: int = 32, dtype: str | None = None,

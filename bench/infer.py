@@ -13,7 +13,14 @@ bf16 runs on --bf16-batches evenly spread batches per data set (emulated on AVX2
 Models: all-MiniLM-L6-v2 (real weights) and a randomly initialised
 bert-base-sized model (its texts are cut to a quarter: it is ~8x the work).
 Peak memory is measured in fresh subprocesses (VmHWM), one per contender.
---accuracy MODEL_DIR instead scores a fine-tuned classifier in each dtype (int8's accuracy cost).
+Mode onnx races, on the same batches, bertkit's torch path fp32 / int8 and its ONNX backend
+(bertkit.export + OnnxModel) fp32 / int8 against ONNX Runtime on a plain export of transformers'
+BertModel (fp32, the same int8 quantization, and fp32 after onnxruntime.transformers.optimizer's
+attention / bias+GELU / residual+LayerNorm fusions), all against transformers fp32 (needs the onnx extra).
+--clock cpu times the calling thread's CPU time instead of the wall clock: with --threads 1 on a
+busy machine it leaves out the time other jobs hold the core.
+--accuracy MODEL_DIR instead scores a fine-tuned classifier in each dtype and as ONNX fp32 / int8
+(int8's accuracy cost).
 """
 
 from __future__ import annotations
@@ -115,9 +122,11 @@ def hf_runner(model, autocast: bool = False, device_type: str = "cpu"):
     return run
 
 
-def race(runners: dict, batches: list[dict], sync=lambda: None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+def race(runners: dict, batches: list[dict], sync=lambda: None,
+         clock=time.perf_counter) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Seconds per contender over all batches, run in turn batch by batch; and their outputs.
-    sync: waits for the device (torch.cuda.synchronize on a GPU, where calls return before the work is done)."""
+    sync: waits for the device (torch.cuda.synchronize on a GPU, where calls return before the work is done).
+    clock: time.perf_counter (wall), or time.thread_time (this thread's CPU time; one thread only)."""
     seconds = dict.fromkeys(runners, 0.0)
     outputs = {k: [] for k in runners}
     with torch.inference_mode():
@@ -126,11 +135,88 @@ def race(runners: dict, batches: list[dict], sync=lambda: None) -> tuple[dict[st
         for batch in batches:
             for name, run in runners.items():
                 sync()
-                t = time.perf_counter()
+                t = clock()
                 outputs[name].append(run(batch))
                 sync()
-                seconds[name] += time.perf_counter() - t
+                seconds[name] += clock() - t
     return seconds, {k: torch.cat(v).float().cpu().numpy() for k, v in outputs.items()}
+
+
+# ---------------------------------------------------------------- ONNX contenders
+
+def onnx_contenders(ours, ours_int8, theirs, folder: Path) -> dict:
+    """{name: (run, peak)} for bertkit's ONNX backend and ONNX Runtime on transformers' own export."""
+    from bertkit.export import export_onnx, quantize
+    from bertkit.onnx_model import OnnxModel
+
+    export_onnx(ours, folder / "bertkit")
+    export_onnx(ours, folder / "bertkit-int8", int8=True)
+    hf = folder / "transformers"
+    hf.mkdir(parents=True, exist_ok=True)
+    export_transformers(theirs, hf / "model.onnx")
+    quantize(hf / "model.onnx", hf / "int8.onnx")  # the very settings bertkit's --int8 uses
+    fused = fuse_transformers(hf / "model.onnx", hf / "fused.onnx", theirs.config)
+    return {
+        "bertkit fp32": (bertkit_runner(ours), "fp32"),
+        "bertkit int8": (bertkit_runner(ours_int8), "int8"),
+        "bertkit ONNX fp32": (bertkit_runner(OnnxModel.from_pretrained(folder / "bertkit")), "fp32"),
+        "bertkit ONNX int8": (bertkit_runner(OnnxModel.from_pretrained(folder / "bertkit-int8")), "int8"),
+        "ORT fp32 (transformers export)": (ort_runner(hf / "model.onnx"), "fp32"),
+        "ORT int8 (transformers export)": (ort_runner(hf / "int8.onnx"), "int8"),
+        **({"ORT fp32 (transformers, fused)": (ort_runner(fused), "fp32")} if fused else {}),
+    }
+
+
+def export_transformers(model, path: Path) -> None:
+    """transformers' BertModel through torch.onnx.export, as a user would do it (eager attention, the
+    pattern ONNX Runtime's fusions know), with dynamic batch and sequence axes."""
+    import transformers
+
+    eager = transformers.BertModel.from_pretrained(model.name_or_path, attn_implementation="eager").eval()
+
+    class LastHidden(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = eager
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102], [101, 2023, 102, 0, 0, 0]])
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    with torch.no_grad():
+        torch.onnx.export(LastHidden().eval(), (ids, (ids > 0).long(), torch.zeros_like(ids)), str(path),
+                          dynamo=False, opset_version=17, input_names=names, output_names=["last_hidden_state"],
+                          dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names + ["last_hidden_state"]})
+
+
+def fuse_transformers(path: Path, out: Path, config) -> Path | None:
+    """ONNX Runtime's offline BERT optimizer (Attention, SkipLayerNormalization, BiasGelu), or None if absent."""
+    try:
+        from onnxruntime.transformers.optimizer import optimize_model
+    except ImportError:
+        return None
+    optimize_model(str(path), model_type="bert", num_heads=config.num_attention_heads,
+                   hidden_size=config.hidden_size).save_model_to_file(str(out))
+    return out
+
+
+def ort_runner(path: Path):
+    """An ONNX Runtime session with every graph optimization, as many threads as torch; mean-pooled output."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(batch):
+        ids = batch["input_ids"].numpy()
+        h = session.run(["last_hidden_state"], {"input_ids": ids, "attention_mask": batch["attention_mask"].numpy(),
+                                                "token_type_ids": np.zeros_like(ids)})[0]
+        return pool(torch.from_numpy(h), batch["attention_mask"], "mean")
+    return run
 
 
 def cosine_min(a: np.ndarray, b: np.ndarray) -> float:
@@ -183,7 +269,7 @@ def measure_memory(who: str, model_dir: str, dtype: str, args) -> dict:
 # ---------------------------------------------------------------- the benchmark
 
 def bench_model(label: str, model_dir: str, texts: dict[str, list[str]], pk: dict, args, report: list,
-                cut: int) -> None:
+                cut: int, onnx_dir: Path) -> None:
     import transformers
 
     tokenizer = Tokenizer.from_pretrained(model_dir)
@@ -202,6 +288,9 @@ def bench_model(label: str, model_dir: str, texts: dict[str, list[str]], pk: dic
         "int8": {"bertkit int8": (bertkit_runner(ours_int8), "int8"),
                  "transformers fp32": (hf_runner(theirs), "fp32")},
     }
+    if "onnx" in args.modes:
+        modes["onnx"] = {**onnx_contenders(ours, ours_int8, theirs, onnx_dir),
+                         "transformers fp32": (hf_runner(theirs), "fp32")}
     for data, items in texts.items():
         batches = make_batches(tokenizer, items, args.batch_size, args.max_length)
         lengths = [int(n) for b in batches for n in b["attention_mask"].sum(1)]
@@ -218,7 +307,8 @@ def bench_model(label: str, model_dir: str, texts: dict[str, list[str]], pk: dic
                 run_batches = batches
             run_lengths = [int(n) for b in run_batches for n in b["attention_mask"].sum(1)]
             run_real, run_flops = sum(run_lengths), useful_flops(config, run_lengths)
-            seconds, outs = race({k: run for k, (run, _) in contenders.items()}, run_batches)
+            seconds, outs = race({k: run for k, (run, _) in contenders.items()}, run_batches,
+                                 clock=time.thread_time if args.clock == "cpu" else time.perf_counter)
             ref_name = list(contenders)[-1]
             for name, s in seconds.items():
                 rate = run_real / s
@@ -263,19 +353,31 @@ def bench_end_to_end(label: str, model_dir: str, texts: list[str], args, report:
 
 
 def accuracy(model_dir: str) -> None:
-    """fp32 vs int8 vs bf16 on a fine-tuned classifier's dev set (the task it was trained on)."""
-    from bertkit.tasks.finetune import Prepared, _task_of, load_finetuned
+    """fp32 vs int8 vs bf16, and ONNX fp32 vs int8, on a fine-tuned classifier's dev set (its own task)."""
+    from bertkit.export import export
+    from bertkit.tasks.datasets import get_task
+    from bertkit.tasks.predictor import Predictor
 
-    model, tokenizer, _ = load_finetuned(model_dir)
-    task = _task_of(model, None)
-    data = Prepared(task, list(task.examples("dev", DATA)), tokenizer, None)
-    preds = {}
-    for dtype in DTYPES:
-        with torch.inference_mode():
-            outs, _ = data.outputs(cast_model(model, dtype), 64)
-        preds[dtype] = data.predictions(outs)
-        agree = np.mean([a == b for a, b in zip(preds[dtype], preds["fp32"])])
-        print(f"{task.name} dev, {dtype}: {data.scores(preds[dtype])}  (predictions equal to fp32: {100 * agree:.2f}%)")
+    loads = {dtype: (lambda dtype=dtype: Predictor.from_pretrained(model_dir, dtype=dtype)) for dtype in DTYPES}
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            for dtype in ("fp32", "int8"):
+                folder = export(model_dir, Path(tmp) / dtype, int8=dtype == "int8")
+                loads[f"ONNX {dtype}"] = lambda folder=folder: Predictor.from_pretrained(folder, backend="onnx")
+        except ModuleNotFoundError as e:
+            print(f"(no ONNX rows: {e})")
+        preds, scores = {}, {}
+        for name, load in loads.items():
+            predictor = load()
+            task = get_task(predictor.model.config.extra["finetuning_task"])
+            prepared = predictor.task_kind.features(task.examples("dev", DATA), predictor.tokenizer,
+                                                    predictor.max_length, predictor.doc_stride)
+            preds[name] = predictor.run(prepared, 64)
+            scores[name] = predictor.task_kind.scores(preds[name], [p.example for p in prepared])
+            agree = np.mean([a["label"] == b["label"] for a, b in zip(preds[name], preds["fp32"])])
+            lost = 100 * (scores["fp32"]["accuracy"] - scores[name]["accuracy"]) if "accuracy" in scores[name] else 0
+            print(f"{task.name} dev, {name}: {scores[name]}  (predictions equal to fp32: {100 * agree:.2f}%; "
+                  f"accuracy points lost: {lost:.2f})", flush=True)
 
 
 def main() -> None:
@@ -284,7 +386,9 @@ def main() -> None:
     ap.add_argument("--imdb", type=int, default=200, help="IMDB test reviews (MiniLM; Base gets a quarter)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--modes", default="fp32,bf16,int8")
+    ap.add_argument("--modes", default="fp32,bf16,int8,onnx")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="cpu: the calling thread's CPU time (use with --threads 1 on a busy machine)")
     ap.add_argument("--models", default="minilm,base")
     ap.add_argument("--bf16-batches", type=int, default=8,
                     help="bf16 runs on this many evenly spread batches only (0: all): it is emulated on AVX2")
@@ -293,7 +397,7 @@ def main() -> None:
     ap.add_argument("--memory-only", action="store_true", help="skip the speed runs (memory is load-proof)")
     ap.add_argument("--json", default=None, help="also write the figures here")
     ap.add_argument("--accuracy", default=None, metavar="MODEL_DIR",
-                    help="only score a fine-tuned classifier on its dev set in fp32, int8 and bf16")
+                    help="only score a fine-tuned classifier on its dev set in fp32, int8, bf16 and ONNX fp32 / int8")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--dtype", default="fp32", help=argparse.SUPPRESS)
@@ -324,7 +428,7 @@ def main() -> None:
         for key, (label, model_dir, cut) in dirs.items():
             texts = load_texts(args.sst2 // cut, args.imdb // cut)
             if not args.memory_only:
-                bench_model(label, model_dir, texts, pk, args, report, cut)
+                bench_model(label, model_dir, texts, pk, args, report, cut, Path(tmp) / f"onnx-{key}")
                 bench_end_to_end(label, model_dir, [t for v in texts.values() for t in v], args, report)
             if not args.no_memory:
                 print(f"### peak memory, {label}: one batch of {args.batch_size} IMDB reviews "

@@ -38,7 +38,13 @@ def test_collate_pads_each_field_with_its_own_value():
 def test_batches_iterate_in_sorted_order_and_reshuffle_per_epoch():
     feats = [{"input_ids": [1] * n} for n in (3, 1, 2, 5, 4)]
     assert [b["input_ids"].shape[1] for b in Batches(feats, 2)] == [5, 3, 1]
-    shuf = Batches(feats, 1, shuffle=True)
+    feats = [{"input_ids": [1] * (1 + n % 7)} for n in range(40)]
+    shuf = Batches(feats, 4, shuffle=True)
     first = shuf.index_batches()
     shuf.set_epoch(1)
-    assert sorted(first) == sorted(shuf.index_batches())
+    second = shuf.index_batches()
+    assert second != first  # a new order each epoch...
+    assert sorted(i for b in first for i in b) == sorted(i for b in second for i in b) == list(range(40))  # ...of all
+    shuf.set_epoch(0)
+    assert shuf.index_batches() == first  # and the same order for the same epoch (resuming relies on it)
+    assert [len(b["input_ids"]) for b in shuf] == [len(b) for b in first]

@@ -10,16 +10,19 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from bertkit import hub
+from bertkit import checkpoint
 from bertkit.config import BertConfig
 from bertkit.heads import BertForMaskedLM, BertForPreTraining, BertForSequenceClassification, BertModel
 
 
 def tiny_dir(tmp_path, cls=BertForPreTraining, name="tiny"):
-    """A saved random tiny model of class cls."""
+    """A saved random tiny model of class cls, as other tools write checkpoints: without bertkit's
+    SHA256SUMS manifest, so that tests may edit its files."""
     torch.manual_seed(0)
     model = cls(BertConfig.preset("tiny", vocab_size=99, max_position_embeddings=32))
-    return model, model.save_pretrained(tmp_path / name)
+    directory = model.save_pretrained(tmp_path / name)
+    (directory / checkpoint.MANIFEST).unlink()
+    return model, directory
 
 
 def same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -35,22 +38,6 @@ def rewrite(directory, change) -> None:
 
 
 # ---------------------------------------------------------------- names
-
-def test_resolve_directory_package_and_hub_cache(minilm, tmp_path, monkeypatch):
-    assert hub.resolve(minilm) == minilm
-    assert hub.resolve("sentence-transformers/all-MiniLM-L6-v2") == minilm
-    assert hub.resolve("all-MiniLM-L6-v2") == minilm
-    # The offline Hugging Face cache: hub/models--org--name/snapshots/<rev>/, refs/main naming the revision.
-    repo = tmp_path / "hf" / "hub" / "models--someorg--tiny-bert"
-    for rev in ("aaa", "bbb"):
-        (repo / "snapshots" / rev).mkdir(parents=True)
-        (repo / "snapshots" / rev / "config.json").write_text("{}")
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("aaa\n")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    assert hub.resolve("someorg/tiny-bert") == repo / "snapshots" / "aaa"
-
 
 def test_load_from_hub_cache_layout(minilm, tmp_path, monkeypatch):
     snapshot = tmp_path / "hub" / "models--acme--minilm" / "snapshots" / "0123abc"
@@ -82,10 +69,13 @@ def test_save_load_round_trip_and_hugging_face_key_names(minilm, tmp_path):
     assert written.keys() == original.keys() - {"embeddings.position_ids"}
     assert all(torch.equal(written[k], original[k]) for k in written)
     assert same_state(model, BertModel.from_pretrained(out))
-    # Tokenizer files travel with the model; config keeps its unknown keys.
+    # Tokenizer files travel with the model; config keeps its unknown keys but not the previous
+    # writer's stale ones (the base model's name, the transformers version that wrote it).
     for name in ("vocab.txt", "tokenizer_config.json"):
         assert (out / name).read_bytes() == (minilm / name).read_bytes()
-    assert json.loads((out / "config.json").read_text())["_name_or_path"] == "nreimers/MiniLM-L6-H384-uncased"
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["gradient_checkpointing"] is False and saved["use_cache"] is True
+    assert "_name_or_path" not in saved and "transformers_version" not in saved
 
 
 def test_save_with_tokenizer(minilm, tmp_path):
@@ -195,3 +185,93 @@ def test_untied_decoder_is_refused(tmp_path):
     rewrite(d, lambda s: s.update({"cls.predictions.decoder.weight": torch.randn(99, 128)}))
     with pytest.raises(ValueError, match="decoder.weight differs"):
         BertForPreTraining.from_pretrained(d)
+
+
+# ---------------------------------------------------------------- damaged files, manifest, model card
+
+
+def one_line(excinfo, *fragments: str) -> None:
+    message = str(excinfo.value)
+    assert "\n" not in message, message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+@pytest.mark.parametrize("damage", ["truncated", "header"])
+def test_damaged_safetensors_is_a_one_line_error_naming_the_file(tmp_path, damage):
+    _, d = tiny_dir(tmp_path)
+    path = d / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        data[8:20] = b"\xff" * 12  # the JSON header no longer parses
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError) as e:
+        BertForPreTraining.from_pretrained(d)
+    one_line(e, str(path), "damaged safetensors file")
+
+
+def test_save_writes_a_manifest_that_catches_a_flipped_bit(tmp_path):
+    model, _ = tiny_dir(tmp_path)
+    d = model.save_pretrained(tmp_path / "saved")
+    listed = {line.split("  ")[1] for line in (d / checkpoint.MANIFEST).read_text().splitlines()}
+    assert listed == {"model.safetensors"}  # tiny_dir's model has no tokenizer to list
+    assert same_state(BertForPreTraining.from_pretrained(d), model)  # a good manifest loads
+    if shutil.which("sha256sum"):  # the standard tool reads it too
+        import subprocess
+
+        assert subprocess.run(["sha256sum", "-c", "--quiet", checkpoint.MANIFEST], cwd=d).returncode == 0
+    path = d / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x01  # one bit of one weight: the file still parses
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError) as e:
+        BertForPreTraining.from_pretrained(d)
+    one_line(e, str(path), "sha256 differs")
+
+
+def test_vocabulary_larger_than_the_embeddings_is_an_error(tmp_path):
+    _, d = tiny_dir(tmp_path)  # vocab_size 99
+    (d / "vocab.txt").write_text("".join(f"tok{i}\n" for i in range(120)))
+    with pytest.raises(ValueError) as e:
+        BertForPreTraining.from_pretrained(d)
+    one_line(e, "vocab.txt", "120 tokens", "99")
+
+
+def test_shard_index_may_not_point_outside_its_folder(tmp_path):
+    _, d = tiny_dir(tmp_path)
+    (d / "model.safetensors").rename(tmp_path / "elsewhere.safetensors")
+    index = {"metadata": {}, "weight_map": {"bert.embeddings.word_embeddings.weight": "../elsewhere.safetensors"}}
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError) as e:
+        BertForPreTraining.from_pretrained(d)
+    one_line(e, "outside the checkpoint folder")
+    (d / "model.safetensors.index.json").write_text("{not json")
+    with pytest.raises(ValueError) as e:
+        BertForPreTraining.from_pretrained(d)
+    one_line(e, "model.safetensors.index.json", "not a safetensors index")
+
+
+def test_saved_files_follow_the_umask_and_carry_a_model_card(minilm, tmp_path):
+    import os
+
+    model = BertForSequenceClassification.from_pretrained(
+        minilm, id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})
+    d = model.save_pretrained(tmp_path / "cls")
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("model.safetensors", "config.json", "vocab.txt", "README.md", checkpoint.MANIFEST):
+        assert (d / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+    card = (d / "README.md").read_text()
+    assert "BertForSequenceClassification" in card and "`neg`" in card and "from_pretrained" in card
+    assert str(minilm) in card  # the base model it came from
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    model, _ = tiny_dir(tmp_path)
+    with torch.no_grad():
+        model.bert.layers[0].mlp.fc.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        model.save_pretrained(tmp_path / "nan")
+    assert not (tmp_path / "nan" / "model.safetensors").exists()

@@ -96,3 +96,62 @@ def test_bad_configs_are_clear_errors(tmp_path):
         BertConfig.from_json(bad)
     with pytest.raises(ValueError, match="position_embedding_type"):
         BertConfig.from_dict({"position_embedding_type": "relative_key"})
+
+
+# ---------------------------------------------------------------- the settings loader
+
+from dataclasses import dataclass, field  # noqa: E402
+from typing import Literal  # noqa: E402
+
+from bertkit.config import load_settings  # noqa: E402
+
+
+@dataclass
+class _Train:
+    lr: float = 1e-3
+    max_steps: int | None = None
+    mixed_precision: Literal["no", "bf16"] = "no"
+    out_dir: str | None = None
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass
+class _Run:
+    data: str = ""
+    resume: bool = False
+    train: _Train = field(default_factory=_Train)
+
+
+def test_settings_from_file_then_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("data: shards\ntrain:\n  lr: 1e-4\n  max_steps: 10\n")
+    cfg = load_settings(_Run, path, ["train.max_steps=20", "data=123", "train.betas=[0.8, 0.9]", "train.out_dir=null",
+                                     "resume=true"])
+    assert cfg == _Run(data="123", resume=True, train=_Train(lr=1e-4, max_steps=20, betas=(0.8, 0.9)))
+    base = _Run(train=_Train(lr=5.0))  # the caller's defaults survive a file that does not set them
+    assert load_settings(_Run, None, ["data=x"], base=base).train.lr == 5.0
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.max_steps=2.5", "'train.max_steps': 2.5 is not a whole number"),
+    ("resume=maybe", "'resume': 'maybe' is not true or false"),
+    ("train.mixed_precision=fp8", "'train.mixed_precision': 'fp8' is not one of no, bf16"),
+    ("train.nope=1", "unknown setting 'train.nope'; valid keys: lr, max_steps, mixed_precision, out_dir, betas"),
+    ("nope=1", "unknown setting 'nope'; valid keys: data, resume, train"),
+    ("train.lr=fast", "'train.lr': 'fast' is not a number"),
+    ("train", "is not key=value"),
+])
+def test_bad_settings_name_the_key_and_what_it_accepts(override, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        load_settings(_Run, None, [override])
+
+
+def test_bad_settings_file_is_one_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train: [1, 2\n")
+    with pytest.raises(ValueError, match="not valid YAML") as e:
+        load_settings(_Run, path)
+    assert "\n" not in str(e.value)
+    path.write_text("- 1\n")
+    with pytest.raises(ValueError, match="expected a mapping"):
+        load_settings(_Run, path)

@@ -125,12 +125,12 @@ class IndexedBatches:
         return pretraining_batch(self.vocab, seed=1000 * self.epoch + i)
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
-def test_engine_trains_on_cuda(dtype, tmp_path):
+@pytest.mark.parametrize("mixed_precision", ["no", "bf16", "fp16"])
+def test_engine_trains_on_cuda(mixed_precision, tmp_path):
     torch.manual_seed(0)
     model = BertForPreTraining(BertConfig.preset("mini", vocab_size=1000))
-    cfg = TrainConfig(lr=1e-3, warmup=4, epochs=2, dtype=dtype, log_every=1, progress=False, device="cuda",
-                      out_dir=str(tmp_path))
+    cfg = TrainConfig(lr=1e-3, warmup=4, epochs=2, mixed_precision=mixed_precision, log_every=1, progress=False,
+                      device="cuda", out_dir=str(tmp_path))
     res = train(model, IndexedBatches(), cfg)
     losses = [r["loss"] for r in res.history if "loss" in r]
     assert len(losses) == 48 and all(np.isfinite(losses))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
+import shutil
 
 import numpy as np
 import pytest
@@ -18,30 +18,15 @@ from bertkit.data import (
     Masker,
     MaskingConfig,
     PretrainingData,
+    PretrainingParts,
+    open_prepared,
     prepare,
     read_documents,
     split_sentences,
 )
 from bertkit.data.instances import document_instances, truncate_seq_pair
 from bertkit.tokenizer import Tokenizer
-from conftest import data_path, minilm_dir
-
-
-def small_vocab(directory: Path, size: int = 5000) -> Path:
-    """The first `size` entries of MiniLM's vocabulary (specials, characters, ## characters, the
-    most frequent words): real word pieces, but an embedding small enough for fast tests."""
-    directory.mkdir(parents=True, exist_ok=True)
-    lines = (minilm_dir() / "vocab.txt").read_text(encoding="utf-8").splitlines()[:size]
-    (directory / "vocab.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return directory
-
-
-def imdb_sample(path: Path, n: int) -> Path:
-    """The first n reviews of the real IMDB training set, as a JSON-lines corpus."""
-    with open(data_path("imdb", "train.jsonl"), encoding="utf-8") as f:
-        path.write_text("".join(next(f) for _ in range(n)), encoding="utf-8")
-    return path
-
+from conftest import imdb_sample, minilm_dir, small_vocab
 
 # ---------------------------------------------------------------------------- sentences and documents
 
@@ -212,6 +197,128 @@ def test_vocabulary_mismatch_is_refused(prepared, tmp_path):
     data.check_vocab(Tokenizer.from_pretrained(minilm_dir()).vocab)
     with pytest.raises(ValueError, match="different vocabulary"):
         data.check_vocab(Tokenizer.from_pretrained(small_vocab(tmp_path / "v")).vocab)
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:-10])
+
+
+def _set_meta(out, change):
+    meta = json.loads((out / "meta.json").read_text())
+    change(meta)
+    (out / "meta.json").write_text(json.dumps(meta))
+
+
+def _rewrite(path, change):
+    a = np.load(path)
+    change(a)
+    np.save(path, a)
+
+
+def _pickled(path):
+    np.save(path, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+
+
+DAMAGES = {  # name -> (damage(out folder), what the error must say)
+    "truncated ids": (lambda o: _truncate(o / "shard-00001" / "ids.npy"), r"shard-00001/ids.npy: truncated or damaged"),
+    "missing array": (lambda o: (o / "shard-00002" / "next.npy").unlink(), r"shard-00002/next.npy: missing"),
+    "pickled array": (lambda o: _pickled(o / "shard-00000" / "a_end.npy"), r"shard-00000/a_end.npy: truncated or"),
+    "wrong dtype": (lambda o: np.save(o / "shard-00000" / "offsets.npy", np.zeros(3, np.float32)),
+                    r"offsets.npy: expected a 1-D int64 array"),
+    "id above the vocabulary": (lambda o: _rewrite(o / "shard-00001" / "ids.npy", lambda a: a.__setitem__(5, 40000)),
+                                r"shard-00001/ids.npy: token id 40000 is not in the vocabulary of 30522"),
+    "offsets not rising": (lambda o: _rewrite(o / "shard-00000" / "offsets.npy",
+                                              lambda a: a.__setitem__(3, a[2] - 1)), r"offsets must rise"),
+    "instances not as in meta": (lambda o: _set_meta(o, lambda m: m["shards"][1].__setitem__("instances", 3)),
+                                 r"shard-00001: \d+ instances and \d+ tokens on disk, .*meta.json says 3 and"),
+    "tokens not as in meta": (lambda o: _set_meta(o, lambda m: m["shards"][0].__setitem__("tokens", 10**9)),
+                              r"says \d+ and 1000000000"),
+    "shard outside the folder": (lambda o: _set_meta(o, lambda m: m["shards"][0].__setitem__("name", "../shard")),
+                                 r"shard name '../shard' is not a folder inside"),
+    "meta not JSON": (lambda o: (o / "meta.json").write_text("{"), r"meta.json: not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_damaged_shards_are_one_line_errors_naming_the_file(prepared, tmp_path, damage):
+    out = tmp_path / "out"
+    shutil.copytree(prepared[0] / "out", out)
+    PretrainingData(out)  # the copy reads back
+    change, message = DAMAGES[damage]
+    change(out)
+    with pytest.raises(ValueError, match=message) as e:
+        PretrainingData(out)
+    assert "\n" not in str(e.value)
+
+
+def test_fingerprints_tell_data_and_batches_apart(prepared, tmp_path):
+    shutil.copytree(prepared[0] / "out", tmp_path / "copy")
+    data, copy = PretrainingData(prepared[0] / "out"), PretrainingData(tmp_path / "copy")
+    assert data.fingerprint() == copy.fingerprint()  # a copy is the same data
+    m, _ = masker()
+    batches = lambda d, ids=range(50), seed=0, cfg=m: MaskedBatches(d, list(ids), 8, cfg, seed=seed)
+    same = batches(data).fingerprint()
+    assert batches(copy).fingerprint() == same
+    others = [batches(data, ids=range(1, 51)), batches(data, seed=1), batches(data, cfg=masker(whole_word=True)[0])]
+    assert len({same, *(b.fingerprint() for b in others)}) == 4
+    other_prep = prepare(minilm_dir(), [prepared[1]], tmp_path / "seed", max_seq_length=64, docs_per_shard=50,
+                         workers=1, seed=7, progress=False)
+    assert other_prep and PretrainingData(tmp_path / "seed").fingerprint() != data.fingerprint()
+
+
+def test_prepare_parts_are_disjoint_complete_and_read_as_one_corpus(prepared, tmp_path):
+    _, corpus, whole = prepared
+    for i in range(3):
+        prepare(minilm_dir(), [corpus], tmp_path / "parts", max_seq_length=64, docs_per_shard=25, workers=1,
+                shard=(i, 3), progress=False)
+    folders = [tmp_path / "parts" / f"part-{i}-of-3" for i in range(3)]
+    metas = [json.loads((f / "meta.json").read_text()) for f in folders]
+    assert [m["part"]["documents"] for m in metas] == [40, 40, 40]
+    # Shard numbers interleave across parts (every shard its own RNG seed), never repeat.
+    names = [s["name"] for m in metas for s in m["shards"]]
+    assert sorted(names) == [f"shard-{n:05d}" for n in range(6)]
+    # Document d's text is in part d % 3 (B segments come from the same shard, so from the same part).
+    tok = Tokenizer.from_pretrained(minilm_dir())
+    grams = []
+    for f in folders:
+        part = PretrainingData(f)
+        grams.append({tuple(ids[k:k + 6].tolist()) for ids, _, _ in (part[j] for j in range(len(part)))
+                      for k in range(len(ids) - 5)})
+    docs = list(read_documents([corpus]))
+    for d, doc in enumerate(docs):
+        if [x[0] for x in docs].count(doc[0]) > 1:
+            continue  # IMDB repeats a few reviews (near copies): one may sit in another part
+        ids = [i for sentence in doc for i in tok.encode(sentence, truncation=False).input_ids[1:-1]]
+        hits = [sum(tuple(ids[k:k + 6]) in g for k in range(len(ids) - 5)) for g in grams]
+        assert hits[d % 3] == max(hits) > 2 * sorted(hits)[1], (d, hits)  # other parts: shared phrases at most
+    # Read as one corpus: part 0's instances, then part 1's, then part 2's.
+    data = open_prepared(tmp_path / "parts")
+    assert isinstance(data, PretrainingParts)
+    parts = [PretrainingData(f) for f in folders]
+    assert len(data) == sum(len(p) for p in parts) == sum(m["stats"]["instances"] for m in metas)
+    assert np.array_equal(data[len(parts[0])][0], parts[1][0][0])
+    assert np.array_equal(data.lengths(), np.concatenate([p.lengths() for p in parts]))
+    data.check_vocab(tok.vocab)
+    assert Tokenizer.from_pretrained(data.dir).vocab == tok.vocab
+    assert whole["stats"]["documents"] == 120 and isinstance(open_prepared(prepared[0] / "out"), PretrainingData)
+
+
+def test_parts_that_do_not_make_one_corpus_are_refused(prepared, tmp_path):
+    _, corpus, _ = prepared
+    out = tmp_path / "parts"
+    prepare(minilm_dir(), [corpus], out, max_seq_length=64, workers=1, shard=(0, 2), progress=False)
+    with pytest.raises(ValueError, match="not parts 0 to 1 of 2"):
+        open_prepared(out)  # part 1 missing
+    prepare(minilm_dir(), [corpus], out, max_seq_length=32, workers=1, shard=(1, 2), progress=False)
+    with pytest.raises(ValueError, match="different max_seq_length"):
+        open_prepared(out)
+    prepare(minilm_dir(), [corpus], out, max_seq_length=64, workers=1, shard=(1, 2), progress=False)
+    assert len(open_prepared(out)) > 0
+    prepare(minilm_dir(), [corpus], out, max_seq_length=64, workers=1, shard=(2, 3), progress=False)
+    with pytest.raises(ValueError, match="not parts 0 to 1 of 2"):
+        open_prepared(out)  # left over from another split
+    with pytest.raises(ValueError, match="shard 2/2"):
+        prepare(minilm_dir(), [corpus], out, workers=1, shard=(2, 2), progress=False)
 
 
 # ---------------------------------------------------------------------------- masking

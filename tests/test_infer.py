@@ -192,3 +192,77 @@ def test_cli_bad_input_is_one_clear_line(minilm, tmp_path, capsys):
     assert main(["embed", "--model", str(minilm), "--input", str(src), "--output", str(tmp_path / "o.csv")]) == 2
     assert ".npy or .jsonl" in capsys.readouterr().err
     assert not (tmp_path / "o.npy").exists()
+
+
+def test_prepare_then_run_is_the_call_and_mixes_requests(embedder, texts, fp32):
+    # The two stages a server's batcher calls apart: prepare as each request arrives, run on many.
+    prepared = embedder.prepare(texts)
+    assert [p.n_tokens for p in prepared] == [len(embedder.tokenizer.encode(t, max_length=512).input_ids)
+                                              for t in texts]
+    np.testing.assert_allclose(embedder.run(prepared, batch_size=8), fp32, atol=1e-5)
+    first, second = embedder.prepare(texts[:5]), embedder.prepare(texts[5:9])
+    together = embedder.run(second + first, batch_size=4)  # one batch holds inputs of both
+    np.testing.assert_allclose(together, np.concatenate([fp32[5:9], fp32[:5]]), atol=1e-5)
+    with pytest.raises(TypeError, match="wrap a single text in a list"):
+        embedder.prepare("one text")
+
+
+def test_prepare_says_what_truncation_cut(embedder):
+    long, short = "word " * 40, "a short sentence ."
+    cut = Embedder(embedder.model, embedder.tokenizer, max_length=16)
+    p = cut.prepare([short, long])
+    assert [x.truncated for x in p] == [False, True] and p[1].n_tokens == 16
+    windows = Embedder(embedder.model, embedder.tokenizer, max_length=16, long_inputs="windows", stride=4)
+    (w,) = windows.prepare([long])
+    assert not w.truncated and len(w.features) > 1
+    assert w.n_tokens == sum(len(f["input_ids"]) for f in w.features)
+    np.testing.assert_allclose(windows.run([w]), windows([long]), atol=1e-6)
+
+
+def test_onnx_backend_equals_torch_through_the_same_batching(minilm_onnx, embedder, texts, fp32):
+    onnx = Embedder.from_pretrained(minilm_onnx, backend="onnx")
+    assert onnx.dtype == "fp32" and type(onnx.model).__name__ == "OnnxModel"
+    np.testing.assert_allclose(onnx(texts, batch_size=8), fp32, atol=1e-4)
+    # Long inputs cut into windows run through the same path too.
+    windows = dict(max_length=64, long_inputs="windows")
+    np.testing.assert_allclose(Embedder.from_pretrained(minilm_onnx, backend="onnx", **windows)(texts[:10]),
+                               Embedder(embedder.model, embedder.tokenizer, **windows)(texts[:10]), atol=1e-4)
+    with pytest.raises(ValueError, match="apply to the torch backend"):
+        Embedder.from_pretrained(minilm_onnx, backend="onnx", dtype="int8")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        Embedder.from_pretrained(minilm_onnx, backend="tensorrt")
+    with pytest.raises(FileNotFoundError, match="ONNX backend"):  # an export has no torch weights
+        Embedder.from_pretrained(minilm_onnx)
+
+
+def test_sentence_transformers_options_read_pooling_and_length(minilm, tmp_path):
+    from bertkit.infer import sentence_transformers_options
+
+    def sentence_pooling(folder):
+        return sentence_transformers_options(folder).get("pooling", "mean")
+
+    assert sentence_transformers_options(minilm) == {"pooling": "mean", "max_length": 256}  # all-MiniLM-L6-v2's
+    assert sentence_transformers_options(tmp_path) == {}  # a plain checkpoint: nothing to say
+    (tmp_path / "1_Pooling").mkdir()
+    config = tmp_path / "1_Pooling" / "config.json"
+    config.write_text(json.dumps({"word_embedding_dimension": 384, "pooling_mode_cls_token": True,
+                                  "pooling_mode_mean_tokens": False}))
+    assert sentence_pooling(tmp_path) == "cls"
+    config.write_text(json.dumps({"pooling_mode_max_tokens": True}))
+    with pytest.raises(ValueError, match=r"1_Pooling/config.json: pooling pooling_mode_max_tokens is not one"):
+        sentence_pooling(tmp_path)
+    config.write_text("{not json")
+    with pytest.raises(ValueError, match="not a sentence-transformers config"):
+        sentence_pooling(tmp_path)
+
+
+def test_encode_speaks_sentence_transformers(minilm, embedder, texts, fp32):
+    st = pytest.importorskip("sentence_transformers")
+    ref = st.SentenceTransformer(str(minilm), device="cpu")
+    want = ref.encode(texts[:8], batch_size=4, normalize_embeddings=True)
+    got = embedder.encode(texts[:8], batch_size=4, normalize_embeddings=True)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    one = embedder.encode(texts[0])  # one text -> one vector, as sentence-transformers gives it
+    assert one.shape == (embedder.dim,)
+    np.testing.assert_allclose(one, fp32[0], atol=1e-5)
+    assert isinstance(embedder.encode(texts[:2], convert_to_tensor=True), torch.Tensor)

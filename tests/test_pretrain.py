@@ -1,11 +1,14 @@
 """Pre-training end to end on real IMDB text: configs, loss falls, a SIGKILLed `bertkit pretrain`
-resumes onto exactly the uninterrupted loss curve, and continued pre-training of MiniLM."""
+resumes onto exactly the uninterrupted loss curve, continued pre-training of MiniLM, and the
+command's exit codes: 1 when training diverges, 130/143 on SIGINT/SIGTERM, 2 for bad input."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from bertkit import cli
 from bertkit.data import prepare
 from bertkit.heads import BertForPreTraining
 from bertkit.pretrain import load_config, pretrain
-from conftest import minilm_dir
-from test_data import imdb_sample, small_vocab
+from conftest import imdb_sample, minilm_dir, small_vocab
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -58,10 +62,17 @@ def test_config_file_overrides_and_errors(tmp_path):
     j = tmp_path / "c.json"
     j.write_text(json.dumps({"data": "d", "train": {"epochs": 2, "max_steps": None}}))
     assert load_config(j).train.epochs == 2
-    with pytest.raises(ValueError, match="'train.lrr' is not one of"):
+    with pytest.raises(ValueError, match="unknown setting 'train.lrr'; valid keys: lr, betas"):
         load_config(f, ["train.lrr=1"])
-    with pytest.raises(ValueError, match="'train.lr': 'fast' is not a valid float"):
+    with pytest.raises(ValueError, match="'train.lr': 'fast' is not a number"):
         load_config(f, ["train.lr=fast"])
+    with pytest.raises(ValueError, match="'train.max_steps': 2.5 is not a whole number"):
+        load_config(f, ["train.max_steps=2.5"])
+    with pytest.raises(ValueError, match="'resume': 'maybe' is not true or false, nor one of auto"):
+        load_config(f, ["resume=maybe"])
+    with pytest.raises(ValueError, match="'train.mixed_precision': 'bf17' is not one of no, bf16, fp16"):
+        load_config(f, ["train.mixed_precision=bf17"])
+    assert load_config(f, ["resume=auto", "train.mixed_precision=bf16"]).train.mixed_precision == "bf16"
     with pytest.raises(ValueError, match="not key=value"):
         load_config(f, ["lr"])
     with pytest.raises(ValueError, match="`data`"):
@@ -110,6 +121,8 @@ def test_sigkilled_pretraining_resumes_onto_the_same_loss_curve(shards, tmp_path
     full = pretrain(load_config(None, tiny_overrides(shards, tmp_path / "full", **steps)))
     assert full.step == 10
     assert _losses(metrics) == _losses(tmp_path / "full" / "metrics.jsonl")  # exact, on CPU
+    assert json.loads((tmp_path / "run" / "last" / "export.json").read_text()) == {"step": 10}
+    assert not list((tmp_path / "run").rglob(".*"))  # no temporary file left by the kill
     a = BertForPreTraining.from_pretrained(tmp_path / "run" / "last").state_dict()
     b = BertForPreTraining.from_pretrained(tmp_path / "full" / "last").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -145,3 +158,114 @@ def test_evaluation_on_a_second_prepared_corpus(shards, corpus, tmp_path):
     with pytest.raises(ValueError, match="different vocabulary"):
         pretrain(load_config(None, tiny_overrides(shards, tmp_path / "run2", eval_data=other,
                                                   **{"train.max_steps": 2})))
+
+
+# ---------------------------------------------------------------------------- failures, signals, bad input
+
+
+def strict_records(folder: Path) -> list[dict]:
+    def refuse(constant):
+        raise ValueError(f"non-strict JSON constant {constant}")
+
+    return [json.loads(x, parse_constant=refuse) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_pretraining_at_lr_1e6_diverges_and_the_cli_exits_1(shards, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = tiny_overrides(shards, out, **{"train.lr": "1e6", "train.warmup": 0, "train.max_steps": 50,
+                                          "train.save_every": 1, "train.eval_every": 1})
+    assert cli.main(["pretrain", *args]) == 1
+    err = one_error_line(capsys)
+    assert err.startswith("bertkit pretrain: error: training diverged at step") and "nothing from this step" in err
+    recs = strict_records(out)  # NaN losses and metrics are null there
+    assert recs[-1]["bad_steps"] == 1 and recs[-1]["step"] <= 5
+    assert not any(r.get("best") and r["val_loss"] is None for r in recs)  # a NaN model never wins "best"
+    for export in [p for p in (out / "last", out / "best") if p.exists()]:
+        assert all(torch.isfinite(t).all() for t in load_file(export / "model.safetensors").values())
+    state = torch.load(out / "state.pt", weights_only=True)
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_and_exits_128_plus_its_number(shards, tmp_path, signum):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "bertkit.cli", "pretrain",
+           *tiny_overrides(shards, out, **{"train.max_steps": 10_000, "train.save_every": 10_000})]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline:
+        if (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().count('"loss"') >= 2:
+            proc.send_signal(signum)
+            break
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err[-2000:]  # so that `bertkit pretrain ... && next` stops here
+    step = torch.load(out / "state.pt", weights_only=True)["step"]
+    assert err.strip().splitlines()[-1] == (f"bertkit pretrain: stopped at step {step}; state saved; "
+                                           "rerun with resume=true to continue")
+    assert json.loads((out / "last" / "export.json").read_text())["step"] == step >= 2
+
+
+@pytest.fixture(scope="module")
+def finished_run(shards, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("finished") / "run"
+    pretrain(load_config(None, tiny_overrides(shards, out, **{"train.max_steps": 2})))
+    return out
+
+
+def _damaged_state(run: Path, tmp: Path) -> Path:
+    shutil.copytree(run, tmp / "run")
+    state = tmp / "run" / "state.pt"
+    state.write_bytes(state.read_bytes()[:1000])
+    return tmp / "run"
+
+
+def _damaged_shards(shards: Path, tmp: Path) -> Path:
+    shutil.copytree(shards, tmp / "shards")
+    ids = tmp / "shards" / "shard-00001" / "ids.npy"
+    ids.write_bytes(ids.read_bytes()[:-64])
+    return tmp / "shards"
+
+
+BAD_INPUT = {  # name -> (overrides given (shards, finished run, tmp), the one-line error)
+    "out dir is a file": (lambda s, r, t: {"train.out_dir": (t / "f").write_text("x") and t / "f"},
+                          r"f: is a file; the run folder \(train.out_dir\) must be a folder"),
+    "resume a run that does not exist": (lambda s, r, t: {"train.out_dir": t / "none", "resume": "true"},
+                                         r"none: no state.pt to resume from"),
+    "resume=maybe": (lambda s, r, t: {"resume": "maybe"}, r"'resume': 'maybe' is not true or false"),
+    "fractional max_steps": (lambda s, r, t: {"train.max_steps": 2.5}, r"'train.max_steps': 2.5 is not a whole"),
+    "damaged shard": (lambda s, r, t: {"data": _damaged_shards(s, t)}, r"shard-00001/ids.npy: truncated or damaged"),
+    "damaged state": (lambda s, r, t: {"train.out_dir": _damaged_state(r, t), "resume": "true"},
+                      r"run/state.pt: damaged or not a training state"),
+    "resume with another batch size": (lambda s, r, t: {"train.out_dir": r, "resume": "true", "batch_size": 8},
+                                       r"state.pt: cannot resume, .*batch_size 16 -> 8"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUT)
+def test_bad_input_is_one_line_and_exit_2(shards, finished_run, tmp_path, capsys, case):
+    given, message = BAD_INPUT[case]
+    overrides = {"train.max_steps": 4, **given(shards, finished_run, tmp_path)}
+    assert cli.main(["pretrain", *tiny_overrides(shards, tmp_path / "run", **overrides)]) == 2
+    err = one_error_line(capsys)
+    assert err.startswith("bertkit pretrain: error: ") and re.search(message, err), err
+
+
+def test_pretraining_reads_the_parts_of_a_corpus_prepared_on_several_machines(corpus, tmp_path):
+    vocab = small_vocab(corpus.parent / "vocab")
+    for i in range(2):  # as two machines would, each its own part
+        prepare(vocab, [corpus], tmp_path / "parts", max_seq_length=64, docs_per_shard=50, workers=1,
+                shard=(i, 2), progress=False)
+    res = pretrain(load_config(None, tiny_overrides(tmp_path / "parts", tmp_path / "run", eval_instances=0,
+                                                    **{"train.max_steps": 2})))
+    assert [r["step"] for r in res.history if "loss" in r] == [1, 2]
+    part0 = json.loads((tmp_path / "parts" / "part-0-of-2" / "meta.json").read_text())
+    part1 = json.loads((tmp_path / "parts" / "part-1-of-2" / "meta.json").read_text())
+    assert part0["part"]["documents"] + part1["part"]["documents"] == 150

@@ -1,5 +1,5 @@
-"""The training engine on a tiny classifier: schedule, decay groups, clipping, accumulation,
-atomic state, exact resume after SIGTERM, and 2-process DDP equivalence."""
+"""The training engine on a tiny classifier: schedule, decay groups, clipping, accumulation, exact
+resume after SIGTERM, 2-process DDP equivalence, time box, divergence, and what resuming refuses."""
 
 from __future__ import annotations
 
@@ -14,52 +14,18 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 from bertkit.batching import Batches
-from bertkit.train import STATE_FILE, TrainConfig, load_state, lr_factor, param_groups, save_state, train
+from bertkit.runs import RunFolder
+from bertkit.train import Diverged, TrainConfig, lr_factor, param_groups, train
+from conftest import accuracy, features, make
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class Tiny(nn.Module):
-    """Embedding -> LayerNorm -> dropout -> mean pool -> linear: the engine's view of a task model."""
-
-    def __init__(self, vocab: int = 50, hidden: int = 16, dropout: float = 0.1):
-        super().__init__()
-        self.emb = nn.Embedding(vocab, hidden)
-        self.norm = nn.LayerNorm(hidden)
-        self.drop = nn.Dropout(dropout)
-        self.out = nn.Linear(hidden, 2)
-
-    def forward(self, input_ids, attention_mask, labels, **_):
-        h = self.drop(self.norm(self.emb(input_ids)))  # [batch, seq, hidden]
-        m = attention_mask.unsqueeze(-1).float()
-        logits = self.out((h * m).sum(1) / m.sum(1))  # [batch, 2]
-        return {"loss": F.cross_entropy(logits, labels), "logits": logits}
-
-
-def features(n: int = 64, seq: int = 8, varied: bool = True, seed: int = 0) -> list[dict]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        length = int(torch.randint(3, seq + 1, (1,), generator=g)) if varied else seq
-        ids = torch.randint(1, 50, (length,), generator=g).tolist()
-        out.append({"input_ids": ids, "attention_mask": [1] * length, "labels": int(ids[0] < 25)})
-    return out
-
-
-def accuracy(batch, out):
-    return {"accuracy": ((out["logits"].argmax(-1) == batch["labels"]).sum(), len(batch["labels"]))}
-
-
-def make(seed: int = 0, dropout: float = 0.1) -> Tiny:
-    torch.manual_seed(seed)
-    return Tiny(dropout=dropout)
 
 
 def losses(history: list[dict]) -> list[tuple[int, float]]:
@@ -124,23 +90,6 @@ def test_gradient_accumulation_matches_a_bigger_batch():
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
-def test_state_file_is_atomic_and_loads_weights_only(tmp_path, monkeypatch):
-    path = tmp_path / STATE_FILE
-    save_state(path, {"step": 1, "w": torch.ones(3)})
-
-    def crash(obj, f, *a, **k):
-        Path(f).write_bytes(b"half a file")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError):
-        save_state(path, {"step": 2, "w": torch.zeros(3)})
-    monkeypatch.undo()
-    s = load_state(path)
-    assert s["step"] == 1 and torch.equal(s["w"], torch.ones(3))
-    assert [p.name for p in tmp_path.iterdir()] == [STATE_FILE]  # no temp file left behind
-
-
 class KillAt:
     """Batches that send SIGTERM to this process when micro-batch `at` of epoch `epoch` is read."""
 
@@ -179,7 +128,7 @@ def test_sigterm_saves_and_resume_reproduces_the_uninterrupted_run_exactly(tmp_p
     part_model = make()
     part = train(part_model, KillAt(Batches(feats, 4, shuffle=True), 1, 5), cfg(tmp_path / "part"), evaluate,
                  batch_stats=accuracy)
-    assert part.stopped and 8 < part.step < full.step
+    assert part.stopped == signal.SIGTERM and 8 < part.step < full.step
     resumed_model = make(seed=123)  # different init: everything must come from the state file
     rest = train(resumed_model, Batches(feats, 4, shuffle=True), cfg(tmp_path / "part"), evaluate,
                  batch_stats=accuracy, resume=True)
@@ -200,20 +149,20 @@ def test_sigterm_saves_and_resume_reproduces_the_uninterrupted_run_exactly(tmp_p
 def test_bf16_autocast_trains_on_cpu_and_fp16_needs_cuda():
     with warnings.catch_warnings():  # CPUs without native bf16 get a (true) warning about speed
         warnings.simplefilter("ignore")
-        res = train(make(), Batches(features(16), 4), TrainConfig(dtype="bf16", epochs=1, log_every=1,
+        res = train(make(), Batches(features(16), 4), TrainConfig(mixed_precision="bf16", epochs=1, log_every=1,
                                                                   progress=False))
     assert all(torch.isfinite(torch.tensor(x)) for _, x in losses(res.history))
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="fp16 needs a CUDA"):
-            train(make(), Batches(features(16), 4), TrainConfig(dtype="fp16", epochs=1, progress=False))
-    with pytest.raises(ValueError, match="dtype"):
-        TrainConfig(dtype="int8")
+            train(make(), Batches(features(16), 4), TrainConfig(mixed_precision="fp16", epochs=1, progress=False))
+    with pytest.raises(ValueError, match="mixed_precision"):
+        TrainConfig(mixed_precision="int8")
 
 
 DDP_WORKER = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, {tests!r})
-    from test_train import features, make
+    from conftest import features, make
     from bertkit.batching import Batches
     from bertkit.train import TrainConfig, train
     res = train(make(dropout=0.0), Batches(features(64, varied=False), 4, shuffle=True),
@@ -245,7 +194,7 @@ def test_time_box_stops_evaluates_and_saves_then_resume_goes_on(tmp_path):
     boxed = train(make(), Batches(feats, 4), cfg, evaluate)
     assert boxed.step == 1 and not boxed.stopped
     assert [r["step"] for r in boxed.history if "val_loss" in r] == [1]  # evaluated where it stopped
-    assert load_state(tmp_path / STATE_FILE)["step"] == 1
+    assert RunFolder(tmp_path).load_state()["step"] == 1
     cfg.max_minutes = 60.0  # a larger box: the resumed run goes on to the end of its schedule
     rest = train(make(seed=5), Batches(feats, 4), cfg, evaluate, resume=True)
     assert rest.step == 20
@@ -273,3 +222,117 @@ def test_prefetched_batches_keep_order_errors_and_stop_when_abandoned():
     for t in threads:
         t.join(timeout=2)
     assert not any(t.is_alive() for t in threads)
+
+
+# ---------------------------------------------------------------------------- numerics and run hygiene
+
+
+def strict_records(folder: Path) -> list[dict]:
+    """metrics.jsonl through a strict parser: NaN and Infinity are errors."""
+    def refuse(constant):
+        raise ValueError(f"non-strict JSON constant {constant}")
+
+    return [json.loads(x, parse_constant=refuse) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def all_finite(tensors) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+
+
+def test_a_diverging_run_stops_with_diverged_and_saves_nothing_nonfinite(tmp_path):
+    held_out = next(iter(Batches(features(16, seed=5), 16)))
+
+    def evaluate(model):  # NaN logits predict class 0: a diverged model still gets an accuracy
+        return {"accuracy": float((model(**held_out)["logits"].argmax(-1) == held_out["labels"]).float().mean())}
+
+    cfg = TrainConfig(lr=1e6, warmup=0, epochs=3, log_every=1, eval_every=1, save_every=1, metric="accuracy",
+                      greater_is_better=True, out_dir=str(tmp_path), progress=False)
+    with pytest.raises(Diverged, match=r"diverged at step \d+: loss \S+, gradient norm \S+ at lr \S+; nothing"):
+        train(make(), Batches(features(64, seed=4), 4, shuffle=True), cfg, evaluate)
+    recs = strict_records(tmp_path)
+    assert recs[-1]["bad_steps"] == 1 and recs[-1]["step"] <= 10  # stopped within a few steps, and says why
+    state = RunFolder(tmp_path).load_state()
+    assert state["step"] == recs[-1]["step"] - 1 and all_finite(state["model"].values())
+    for name in ("last", "best"):
+        assert all_finite(load_file(tmp_path / name / "model.safetensors").values())
+
+
+def test_a_nan_metric_is_the_worst_score_never_the_best(tmp_path):
+    scores = iter([float("nan"), 0.6, float("nan"), 0.5])
+    cfg = TrainConfig(lr=1e-2, epochs=1, eval_every=2, metric="accuracy", greater_is_better=True,
+                      out_dir=str(tmp_path), progress=False)
+    res = train(make(), Batches(features(32), 4), cfg, lambda model: {"accuracy": next(scores)})
+    assert (res.best_metric, res.best_step) == (0.6, 4)
+    assert [r["val_accuracy"] for r in strict_records(tmp_path) if "val_accuracy" in r] == [None, 0.6, None, 0.5]
+    assert json.loads((tmp_path / "best" / "export.json").read_text()) == {"step": 4, "metric": "accuracy",
+                                                                            "value": 0.6}
+
+
+class Poisoned(nn.Module):
+    """A model whose loss is NaN at chosen forward calls; it remembers the weights each call saw."""
+
+    def __init__(self, inner: nn.Module, bad: set[int]):
+        super().__init__()
+        self.inner, self.bad, self.seen = inner, bad, []
+
+    def forward(self, **batch):
+        self.seen.append(self.inner.out.weight.detach().clone())
+        out = self.inner(**batch)
+        if len(self.seen) - 1 in self.bad:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+
+def test_bad_steps_are_skipped_without_an_update_up_to_max_bad_steps(tmp_path):
+    cfg = dict(lr=1e-2, warmup=0, epochs=1, log_every=1, progress=False)
+    net = Poisoned(make(dropout=0.0), bad={2, 5})
+    res = train(net, Batches(features(32, varied=False), 4), TrainConfig(max_bad_steps=2, **cfg))
+    assert res.step == 8
+    assert [(r["step"], r["bad_steps"]) for r in res.history if "bad_step" in r] == [(3, 1), (6, 2)]
+    assert "loss nan" in res.history[2]["bad_step"]
+    assert [s for s, _ in losses(res.history)] == [1, 2, 4, 5, 7, 8]  # the skipped steps are not averaged in
+    assert torch.equal(net.seen[2], net.seen[3]) and torch.equal(net.seen[5], net.seen[6])  # no update
+    assert not torch.equal(net.seen[1], net.seen[2]) and not torch.equal(net.seen[3], net.seen[4])
+    with pytest.raises(Diverged, match="at step 6"):  # one bad step too many
+        train(Poisoned(make(dropout=0.0), bad={2, 5}), Batches(features(32, varied=False), 4),
+              TrainConfig(max_bad_steps=1, **cfg))
+
+
+def test_resume_true_needs_a_saved_run_and_auto_starts_afresh_when_there_is_none(tmp_path):
+    cfg = TrainConfig(lr=1e-2, epochs=1, log_every=1, out_dir=str(tmp_path / "run"), progress=False)
+    with pytest.raises(FileNotFoundError, match=r"run: no state.pt to resume from \(resume=auto starts afresh"):
+        train(make(), Batches(features(16), 4), cfg, resume=True)
+    first = train(make(), Batches(features(16), 4), cfg, resume="auto")  # nothing saved yet: a fresh run
+    assert first.step == 4 and RunFolder(tmp_path / "run").load_state()["step"] == 4
+    again = train(make(seed=9), Batches(features(16), 4), cfg, resume="auto")  # finished: nothing left to do
+    assert again.step == 4 and again.history == first.history
+    with pytest.raises(ValueError, match="resume must be true, false or 'auto'"):
+        train(make(), Batches(features(16), 4), cfg, resume="maybe")
+
+
+def test_resuming_with_other_settings_is_refused_naming_each_difference(tmp_path):
+    cfg = TrainConfig(lr=1e-2, epochs=2, out_dir=str(tmp_path), progress=False)
+    train(make(), Batches(features(32), 4), cfg)
+    with pytest.raises(ValueError, match=r"state.pt: cannot resume, .*: micro_batches_per_epoch 8 -> 4, "
+                                         r"total_steps 16 -> 8, batch_size 4 -> 8 \(set them back"):
+        train(make(), Batches(features(32), 8), cfg, resume=True)
+    cfg.lr, cfg.epochs = 1e-3, 3
+    with pytest.raises(ValueError, match=r"total_steps 16 -> 24, lr 0.01 -> 0.001, epochs 2 -> 3"):
+        train(make(), Batches(features(32), 4), cfg, resume=True)
+
+
+def test_an_out_dir_that_is_a_file_fails_before_any_training(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    m = make()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(ValueError, match="file: is a file; the run folder"):
+        train(m, Batches(features(16), 4), TrainConfig(out_dir=str(tmp_path / "file"), progress=False))
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+@pytest.mark.parametrize("bad", [dict(max_steps=2.5), dict(max_steps=0), dict(epochs=0), dict(lr=0.0),
+                                 dict(lr=float("nan")), dict(grad_accum_steps=0), dict(max_bad_steps=-1),
+                                 dict(warmup=-1.0), dict(max_minutes=0.0), dict(log_every=True)])
+def test_settings_out_of_range_are_refused(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        TrainConfig(**bad)

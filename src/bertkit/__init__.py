@@ -31,6 +31,8 @@ _EXPORTS = {
     "finetune": "bertkit.tasks.finetune",
     "evaluate": "bertkit.tasks.finetune",
     "predict": "bertkit.tasks.finetune",
+    "FinetuneConfig": "bertkit.tasks.settings",
+    "Predictor": "bertkit.tasks.predictor",
     "pretrain": "bertkit.pretrain",
     "resolve": "bertkit.hub",
 }
@@ -64,4 +66,6 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ impo
     from bertkit.infer import Embedder, embed
     from bertkit.pretrain import pretrain
     from bertkit.tasks.finetune import evaluate, finetune, predict
+    from bertkit.tasks.predictor import Predictor
+    from bertkit.tasks.settings import FinetuneConfig
     from bertkit.tokenizer import Tokenizer

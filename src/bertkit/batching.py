@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -23,6 +25,40 @@ PAD_VALUES = {
     "labels": -100,
     "special_tokens_mask": 1,
 }
+
+
+@dataclass
+class Prepared:
+    """One input made ready for the model: what a model's `prepare(inputs)` returns, one per
+    input, and its `run(prepared)` takes. A server tokenizes each request as it arrives and
+    runs many requests' Prepared together (bertkit.serve).
+
+    features: model inputs (dicts `collate` stacks): one, or one per window of a long input
+    example: the input as the model's kind reads it (what maps the outputs back to an answer)
+    positions: per feature, what else mapping back needs (word starts, character offsets)
+    truncated: tokens past max_length were cut off
+    n_tokens: word pieces over all features (what a batcher budgets by)
+    """
+
+    features: list[dict]
+    example: Any = None
+    positions: list = field(default_factory=list)
+    truncated: bool = False
+    n_tokens: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.n_tokens = sum(len(f["input_ids"]) for f in self.features)
+
+
+def sorted_batches(prepared: Sequence[Prepared], batch_size: int,
+                   device: torch.device | str = "cpu") -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+    """The one inference path's batches: every feature of `prepared`, grouped by length (longest
+    first), collated and moved to `device` -> (indices into the flat feature list, batch)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    features = [f for p in prepared for f in p.features]
+    for idx in length_batches([len(f["input_ids"]) for f in features], batch_size):
+        yield idx, {k: v.to(device) for k, v in collate([features[i] for i in idx]).items()}
 
 
 def length_batches(

@@ -10,9 +10,11 @@ every model class in heads.py its from_pretrained / save_pretrained.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 from collections.abc import Callable, Iterable, Iterator
@@ -20,12 +22,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from bertkit import tf_checkpoint
 from bertkit.config import BertConfig
 from bertkit.hub import resolve
-from bertkit.io import atomic_write, write_json
+from bertkit.io import atomic_write, write_json, write_text
 from bertkit.model import init_weights
 from bertkit.precision import cast_model, check_dtype, quantize_linear
 
@@ -54,6 +57,12 @@ BUFFERS = {"embeddings.position_ids", "embeddings.token_type_ids"}  # index buff
 ENCODER = ("embeddings.", "layers.", "pooler.")  # under `bert.` in a model with a head
 HEAD_PREFIXES = ("mlm.", "nsp.", "classifier.", "qa_outputs.", "pooler.")  # may be absent from a checkpoint
 TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
+# sha256 of the weights and the vocabulary, in `sha256sum` format: loading checks them when the file is
+# there, so a flipped bit is an error instead of a silently different model.
+MANIFEST = "SHA256SUMS"
+# Keys other libraries leave in config.json that describe the writer, not the model: stale once re-saved.
+STALE_CONFIG_KEYS = ("_name_or_path", "transformers_version", "_commit_hash", "torch_dtype", "dtype",
+                     "_attn_implementation_autoset")
 
 
 def _compile(pattern: str) -> re.Pattern:
@@ -76,8 +85,8 @@ def _rename(key: str, table: list[tuple[re.Pattern, str]]) -> str | None:
 # ---------------------------------------------------------------- reading and writing files
 
 def read_weights(model_dir: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """The tensors of a checkpoint directory, one at a time: model.safetensors (single or sharded)
-    or pytorch_model.bin.
+    """The tensors of a checkpoint folder, one at a time, with Hugging Face names: model.safetensors
+    (single or sharded), pytorch_model.bin, or Google's TensorFlow checkpoint.
 
     One at a time so that a loader converting each tensor as it comes (to bf16, to int8) never
     holds the file's fp32 weights whole; read with pread rather than mapped, so the file's pages
@@ -86,20 +95,56 @@ def read_weights(model_dir: Path) -> Iterator[tuple[str, torch.Tensor]]:
     single = model_dir / "model.safetensors"
     index = model_dir / "model.safetensors.index.json"
     legacy = model_dir / "pytorch_model.bin"
-    if single.is_file() or index.is_file():
-        files = [single] if single.is_file() else \
-            [model_dir / s for s in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-        return ((key, tensor) for path in files for key, tensor in _read_safetensors(path))
+    if single.is_file():
+        return _read_safetensors(single)
+    if index.is_file():
+        return (item for path in _shards(index) for item in _read_safetensors(path))
     if legacy.is_file():
-        try:
-            state = torch.load(legacy, map_location="cpu", weights_only=True)
-        except Exception as e:  # weights_only refuses anything but plain tensors
-            raise ValueError(f"{legacy}: not a plain tensor file ({type(e).__name__}); "
-                             f"bertkit does not run pickled code") from None
+        state = load_tensors(legacy, "PyTorch weights file")
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise ValueError(f"{legacy}: expected a dict of named tensors")
         return _drain(state)
-    raise FileNotFoundError(f"{model_dir}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+    if tf_checkpoint.is_tf_checkpoint(model_dir):
+        return tf_checkpoint.read_tf_weights(model_dir)
+    if (model_dir / "model.onnx").is_file():
+        raise FileNotFoundError(f"{model_dir}: an ONNX export, without torch weights: run it with the ONNX "
+                                f"backend (backend='onnx', --backend onnx)")
+    raise FileNotFoundError(f"{model_dir}: no model.safetensors, model.safetensors.index.json, pytorch_model.bin "
+                            f"or TensorFlow checkpoint")
+
+
+def load_tensors(path: Path, what: str = "file of tensors") -> Any:
+    """torch.load for files of tensors and plain values only: pickled code is refused, never run."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path}: refused, it holds pickled objects other than tensors and plain values "
+                         "(bertkit never runs pickled code)") from None
+    except Exception as e:  # truncated, or not a torch file at all
+        raise ValueError(f"{path}: damaged or not a {what} ({type(e).__name__})") from None
+
+
+def _shards(index: Path) -> list[Path]:
+    """The files a sharded checkpoint's index names, which must lie in the index's folder."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{index}: not a safetensors index (no valid weight_map: {_first_line(e)})") from None
+    folder = index.parent.resolve()
+    paths = []
+    for name in names:
+        path = (index.parent / str(name)).resolve()
+        if path.parent != folder:
+            raise ValueError(f"{index}: shard {name!r} lies outside the checkpoint folder")
+        if not path.is_file():
+            raise FileNotFoundError(f"{index}: shard {name!r} is missing")
+        paths.append(path)
+    return paths
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _drain(state: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
@@ -108,9 +153,12 @@ def _drain(state: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]
 
 
 def _read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    with safe_open(path, framework="pt", backend="pread") as f:
-        for key in f.keys():
-            yield key, f.get_tensor(key)
+    try:
+        with safe_open(path, framework="pt", backend="pread") as f:
+            for key in f.keys():
+                yield key, f.get_tensor(key)
+    except (SafetensorError, OSError) as e:  # a truncated file, a damaged header
+        raise ValueError(f"{path}: damaged safetensors file ({_first_line(e)})") from None
 
 
 # ---------------------------------------------------------------- name mapping
@@ -191,7 +239,7 @@ class PretrainedMixin:
     @classmethod
     def from_pretrained(cls: type[M], name_or_dir: str | os.PathLike, config: BertConfig | None = None, *,
                         dtype: str = "fp32", **overrides: Any) -> M:
-        """Load a Hugging Face BERT checkpoint, in eval mode.
+        """Load a BERT checkpoint (Hugging Face layout, or Google's TensorFlow release), in eval mode.
 
         dtype: "fp32", or "bf16" / "int8" for inference (see precision.py); each weight is
         converted as it is read, so the fp32 model is never held whole.
@@ -200,9 +248,11 @@ class PretrainedMixin:
         """
         check_dtype(dtype)
         model_dir = resolve(name_or_dir)
-        config = config or BertConfig.from_json(model_dir / "config.json")
+        config = config or read_config(model_dir)
         if overrides:
             config = config.replace(**overrides)
+        verify_manifest(model_dir)
+        check_vocab_size(model_dir, config)
         # Built on the meta device, the model holds no memory until the file's
         # tensors are assigned in: peak memory is one copy of the weights, not two.
         with torch.device("meta"):
@@ -210,31 +260,146 @@ class PretrainedMixin:
         if dtype == "bf16":
             model.to(torch.bfloat16)  # on meta: only the dtype each tensor is converted to as it loads
         load_weights(model, read_weights(model_dir), str(model_dir),
-                   on_linear=quantize_linear if dtype == "int8" else None)
+                     on_linear=quantize_linear if dtype == "int8" else None)
         model.source_dir = model_dir
         return cast_model(model, dtype, inplace=True)  # eval mode; int8: the initialised heads too
 
-    def save_pretrained(self, directory: str | os.PathLike, tokenizer: Any = None) -> Path:
-        """Write config.json + model.safetensors (Hugging Face names) and the tokenizer files.
+    def save_pretrained(self, directory: str | os.PathLike, tokenizer: Any = None, card: dict | None = None) -> Path:
+        """Write the Hugging Face layout: config.json, model.safetensors, the tokenizer files, a
+        README.md model card and the SHA256SUMS manifest.
 
-        Tokenizer files come from `tokenizer.save_pretrained` when given, else are
-        copied from the directory this model was loaded from, if it had them.
+        Tokenizer files come from `tokenizer.save_pretrained` when given, else are copied from the
+        folder this model was loaded from, if it had them. `card` adds lines to the model card
+        (e.g. {"data": "...", "metrics": {...}}). Each file is written atomically; to replace a
+        whole folder at once, save into bertkit.io.atomic_dir.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        config = self.config.to_dict()
-        config["architectures"] = [type(self).__name__]
+        config = config_json(self)
         write_json(directory / "config.json", config)
         weights = to_hf(self)
+        if not all(bool(t.isfinite().all()) for t in weights.values() if t.is_floating_point()):
+            raise ValueError(f"{directory}: refusing to save non-finite weights (NaN or infinity)")
         atomic_write(directory / "model.safetensors", lambda p: save_file(weights, p, metadata={"format": "pt"}))
         source = getattr(self, "source_dir", None)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(directory)
-        elif source is not None and Path(source).resolve() != directory.resolve():
-            for name in TOKENIZER_FILES:
-                if (Path(source) / name).is_file():
-                    shutil.copyfile(Path(source) / name, directory / name)
+        write_tokenizer(directory, tokenizer, source)
+        write_text(directory / "README.md", model_card(config, directory, source, card or {}))
+        write_manifest(directory)
         return directory
+
+
+def write_tokenizer(directory: Path, tokenizer: Any, source: Path | None) -> None:
+    """The tokenizer files beside a model: `tokenizer.save_pretrained` when given, else copies of
+    those in the folder the model was loaded from (`source`), if it had them."""
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    elif source is not None and Path(source).resolve() != directory.resolve():
+        for name in TOKENIZER_FILES:
+            if (Path(source) / name).is_file():
+                atomic_write(directory / name, lambda p, name=name: shutil.copyfile(Path(source) / name, p))
+
+
+def config_json(model: torch.nn.Module) -> dict:
+    """What config.json holds for `model`: its config, less the keys that describe another writer,
+    with its class named in `architectures` (what loaders pick the head by)."""
+    config = {k: v for k, v in model.config.to_dict().items() if k not in STALE_CONFIG_KEYS}
+    config["architectures"] = [type(model).__name__]
+    return config
+
+
+def read_config(model_dir: Path) -> BertConfig:
+    """config.json, or Google's bert_config.json converted."""
+    if (model_dir / "config.json").is_file() or not (model_dir / "bert_config.json").is_file():
+        return BertConfig.from_json(model_dir / "config.json")
+    try:
+        return BertConfig.from_dict(tf_checkpoint.tf_config(model_dir))
+    except ValueError as e:
+        raise ValueError(f"{model_dir / 'bert_config.json'}: {e}") from None
+
+
+def check_vocab_size(model_dir: Path, config: BertConfig) -> None:
+    """A vocab.txt with more tokens than the model has embeddings would index past the table."""
+    vocab = model_dir / "vocab.txt"
+    if vocab.is_file():
+        with open(vocab, "rb") as f:
+            n = sum(1 for _ in f)
+        if n > config.vocab_size:
+            raise ValueError(f"{vocab}: {n} tokens, but the model has embeddings for {config.vocab_size} "
+                             f"(config.json vocab_size): the vocabulary does not belong to these weights")
+
+
+# ---------------------------------------------------------------- manifest and model card
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(directory: Path) -> None:
+    """SHA256SUMS over the weights (safetensors or an ONNX export) and the vocabulary
+    (`sha256sum -c SHA256SUMS` checks it too)."""
+    names = sorted(p.name for p in directory.iterdir()
+                   if p.suffix in (".safetensors", ".onnx") or p.name in ("model.safetensors.index.json", "vocab.txt"))
+    write_text(directory / MANIFEST, "".join(f"{_sha256(directory / n)}  {n}\n" for n in names))
+
+
+def verify_manifest(directory: Path) -> None:
+    """Check every file SHA256SUMS lists; a missing or changed file is a one-line error."""
+    manifest = directory / MANIFEST
+    if not manifest.is_file():
+        return
+    for lineno, line in enumerate(manifest.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        digest, _, name = line.strip().partition("  ")
+        if not line.strip():
+            continue
+        if len(digest) != 64 or not name or "/" in name or name in (".", ".."):
+            raise ValueError(f"{manifest}:{lineno}: not a 'SHA256  FILE' line")
+        path = directory / name
+        if not path.is_file():
+            raise ValueError(f"{path}: listed in {MANIFEST} but missing")
+        if _sha256(path) != digest:
+            raise ValueError(f"{path}: sha256 differs from {MANIFEST}: the file is damaged or was changed "
+                             f"(delete {MANIFEST} to accept it as it is)")
+
+
+def model_card(config: dict, directory: Path, source: Path | None, card: dict) -> str:
+    """README.md for a saved model: what it is, what it was trained for, and how to load it."""
+    from bertkit import __version__
+
+    arch = config["architectures"][0]
+    task = config.get("finetuning_task")
+    base = card.get("base_model") or config.get("base_model") or (str(source) if source else None)
+    labels = config.get("id2label")
+    lines = ["---", "library_name: bertkit", "tags: [bert]"] + ([f"base_model: {base}"] if base else []) + ["---",
+             f"# {directory.resolve().name}", "",
+             f"A BERT `{arch}`: {config['num_hidden_layers']} layers, hidden size {config['hidden_size']}, "
+             f"{config['num_attention_heads']} attention heads, vocabulary of {config['vocab_size']}. "
+             f"Saved by bertkit {__version__} in the Hugging Face layout.", ""]
+    if base:
+        lines += [f"- Base model: `{base}`"]
+    if task:
+        lines += [f"- Fine-tuned for: `{task}`"]
+    if labels and arch != "BertForQuestionAnswering":
+        ordered = sorted(labels.items(), key=lambda item: int(item[0]))
+        lines += ["- Labels: " + ", ".join(f"{i} = `{name}`" for i, name in ordered)]
+    if config.get("finetuning_max_length"):
+        lines += [f"- Input length: {config['finetuning_max_length']} tokens"]
+    for key, value in card.items():
+        if key == "base_model":
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
+        lines += [f"- {key.replace('_', ' ').capitalize()}: {value}"]
+    lines += ["", "## Load it", "", "```python", "# bertkit", f"from bertkit import {arch}",
+              f'model = {arch}.from_pretrained("{directory}")', "", "# transformers",
+              f"from transformers import {arch}",
+              f'model = {arch}.from_pretrained("{directory}")', "```", "",
+              f"`{MANIFEST}` holds the sha256 of the weights and the vocabulary; bertkit checks it when loading.", ""]
+    return "\n".join(lines)
 
 
 def load_weights(model: torch.nn.Module, tensors: Iterable[tuple[str, torch.Tensor]], source: str,

@@ -204,6 +204,8 @@ def _merge(tree: dict, new: Mapping, cls: type, source: str) -> None:
                              f"{', '.join(f.name for f in dataclasses.fields(cls))}")
         if dataclasses.is_dataclass(hints[key]) and isinstance(value, Mapping) and isinstance(tree.get(key), dict):
             _merge(tree[key], value, hints[key], f"{source}: {key}")
+        elif typing.get_origin(hints[key]) is dict and isinstance(value, Mapping) and isinstance(tree.get(key), dict):
+            tree[key] = {**tree[key], **value}  # mapping fields take keys one by one
         else:
             tree[key] = value
 
@@ -219,6 +221,9 @@ def _nest(dotted: str, value: Any) -> dict:
 def _field_type(cls: type, dotted: str) -> Any:
     hint: Any = cls
     for part in dotted.split("."):
+        if typing.get_origin(hint) is dict:  # a key inside a mapping field (model_overrides.hidden_dropout_prob)
+            hint = typing.get_args(hint)[1] if typing.get_args(hint) else Any
+            continue
         hints = typing.get_type_hints(hint) if dataclasses.is_dataclass(hint) else {}
         if part not in hints:
             valid = ", ".join(f.name for f in dataclasses.fields(hint)) if dataclasses.is_dataclass(hint) else ""
@@ -244,7 +249,10 @@ def _check(value: Any, hint: Any, key: str) -> Any:
                 return _check(value, option, key)
             except ValueError as e:
                 errors.append(str(e))
-        raise ValueError(errors[0] if len(errors) == 1 else f"setting {key!r}: {value!r} fits none of its types")
+        prefix = f"setting {key!r}: {value!r} is not "  # "... is not true or false, nor one of auto"
+        if len(errors) == 1 or not all(e.startswith(prefix) for e in errors):
+            raise ValueError(errors[0])
+        raise ValueError(prefix + ", nor ".join(e.removeprefix(prefix) for e in errors))
     if hint is Any:
         return value
     if origin is Literal:

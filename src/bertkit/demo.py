@@ -7,26 +7,33 @@
   3. bat       contextual vectors: "bat" in three sentences      (bertkit.infer.token_vectors)
   4. finetune  all-MiniLM-L6-v2 -> sentiment classifier          (bertkit finetune / evaluate / predict)
   5. pretrain  a tiny BERT from scratch, MLM + NSP               (bertkit prepare / pretrain)
-  6. report    report.md with the numbers and the training curves
+  6. serve     the sentiment model over HTTP, asked through the openai client and plain HTTP (bertkit serve)
+  7. report    report.md with the numbers and the training curves
 
-Each step caches its result under the work directory (results.json, and the
+Each step but serve caches its result under the work directory (results.json, and the
 data, the fine-tuned model and the shards), so a re-run reuses what is done.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
+
+from bertkit import io
+from bertkit.hub import DEFAULT_MODEL
+from bertkit.tasks.settings import FinetuneConfig
 
 # The movie-review snippets (Pang & Lee sentences, scored -4..+4 by human
 # raters) ship inside the MIT-licensed vaderSentiment source distribution,
@@ -47,16 +54,22 @@ def _split_of(text: str) -> str:
     return "test"
 
 
+def _labelled_by_name(tsv: Path) -> bool:
+    """Whether a cached split has this version's labels (earlier versions wrote 0/1)."""
+    lines = tsv.read_text(encoding="utf-8").splitlines()[1:2]
+    return bool(lines) and lines[0].rsplit("\t", 1)[-1] in LABELS
+
+
 def fetch_movie_snippets(data_dir: str | Path) -> dict[str, Path]:
     """Download (once), binarise and split the movie snippets into TSV files.
 
     Writes `<data_dir>/movie_snippets/{train,validation,test}.tsv` with a
-    `sentence<TAB>label` header (the SST-2 layout). Scores of exactly 0 carry
+    `sentence<TAB>label` header (the SST-2 layout), labels negative/positive. Scores of exactly 0 carry
     no polarity and are dropped; the count is printed, not hidden.
     """
     out = Path(data_dir) / "movie_snippets"
     paths = {s: out / f"{s}.tsv" for s in SPLITS}
-    if all(p.exists() for p in paths.values()):
+    if all(p.exists() for p in paths.values()) and _labelled_by_name(paths["train"]):
         return paths
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,7 +84,7 @@ def fetch_movie_snippets(data_dir: str | Path) -> dict[str, Path]:
             inner_name = next(n for n in outer.getnames()
                               if n.endswith("additional_resources/hutto_ICWSM_2014.tar.gz"))
             inner_bytes = outer.extractfile(inner_name).read()
-        with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
+        with tarfile.open(fileobj=BytesIO(inner_bytes)) as inner:
             raw = inner.extractfile(SNIPPETS_MEMBER).read().decode("utf-8")
 
     rows: dict[str, list[tuple[str, int]]] = {s: [] for s in SPLITS}
@@ -84,13 +97,9 @@ def fetch_movie_snippets(data_dir: str | Path) -> dict[str, Path]:
         if score == 0 or not text:
             dropped += 1
             continue
-        rows[_split_of(text)].append((text, int(score > 0)))
+        rows[_split_of(text)].append((text, LABELS[score > 0]))
     for split, items in rows.items():
-        tmp_path = paths[split].with_suffix(".tmp")
-        with open(tmp_path, "w", encoding="utf-8") as f:
-            f.write("sentence\tlabel\n")
-            f.writelines(f"{t}\t{y}\n" for t, y in items)
-        tmp_path.replace(paths[split])
+        io.write_text(paths[split], "sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in items))
     counts = ", ".join(f"{s} {len(v)}" for s, v in rows.items())
     print(f"movie snippets: {counts}; dropped {dropped} with score 0 or no text")
     return paths
@@ -98,7 +107,6 @@ def fetch_movie_snippets(data_dir: str | Path) -> dict[str, Path]:
 
 # ---------------------------------------------------------------------------- settings
 
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 TOKENIZE_TEXT = "What's going on?"
 # The same word in two senses: the cricket bats should be closer to each other than to the cave bat.
 BAT_SENTENCES = {
@@ -112,41 +120,60 @@ NEW_REVIEWS = [
     "The plot is thin, but the actors make it worth watching.",
     "Dull, lifeless and far too long.",
 ]
-LABEL_NAMES = {"0": "negative", "1": "positive"}  # the TSV files' label column
-STEPS = ("data", "tokens", "bat", "finetune", "pretrain", "report")
+LABELS = ("negative", "positive")  # the TSV files' label column, in class-id order
+STEPS = ("data", "tokens", "bat", "finetune", "pretrain", "serve", "report")
+
+
+def _finetune_defaults() -> FinetuneConfig:
+    # The classic recipe (AdamW, eps 1e-6, 10% warmup then linear decay, gradient clipping 1.0:
+    # bertkit.train's defaults) on a 2-core CPU budget. Two epochs (536 steps) are what fits, so
+    # the lr is the top of the BERT paper's grid {5e-5, 3e-5, 2e-5}. Snippets are 27 word pieces
+    # on average, 99% under 55: max_length 64 cuts 6 of the 8,561 train snippets.
+    return FinetuneConfig(model=DEFAULT_MODEL, epochs=2, lr=5e-5, batch_size=32, warmup=0.1, weight_decay=0.01,
+                          max_length=64, seed=42, text_column="sentence", label_column="label")
+
+
+@dataclass
+class DemoPretrain:
+    """Step 5: a small BERT pre-trained from scratch on the train snippets."""
+
+    model: str = "tiny"  # a BertConfig preset
+    snippets_per_document: int = 8  # snippets are single sentences: group them so NSP has pairs
+    seq_length: int = 64  # three snippets or so per instance; 128 would double the cost
+    dupe_factor: int = 2  # passes over the corpus with different pairings and cuts (~9k instances)
+    steps: int = 300  # one pass over the instances
+    lr: float = 1e-3  # a 4M-parameter model, a few hundred steps: higher than BERT-base's 1e-4
+    batch_size: int = 32
+    eval_instances: int = 256
+    seed: int = 42
 
 
 @dataclass
 class DemoConfig:
+    """The demo's settings: `bertkit demo --config demo.yaml finetune.lr=3e-5 pretrain.steps=100`.
+
+    `finetune` is a FinetuneConfig as `bertkit finetune` takes it (the demo sets its train_file,
+    dev_file and output); its model is also the one steps 2, 3 and 5 use (its vocabulary).
+    """
+
     work_dir: str = "runs/demo"
-    model: str = DEFAULT_MODEL
-    # Fine-tuning: the classic recipe (AdamW, eps 1e-6, 10% warmup then linear decay,
-    # gradient clipping 1.0: bertkit.train's defaults) on a 2-core CPU budget. Two epochs
-    # (536 steps, ~5 min) are what fits, so the lr is the top of the BERT paper's grid
-    # {5e-5, 3e-5, 2e-5}; the second epoch took test accuracy from 0.81 to 0.84.
-    epochs: int = 2
-    lr: float = 5e-5
-    batch_size: int = 32
-    max_length: int = 64  # 27 word pieces on average, 99% under 55; 6 of 8,561 train snippets get cut
-    max_train_examples: int | None = None  # a fixed random subset of the train split (None: all)
-    max_eval_examples: int | None = None  # of validation and test
-    seed: int = 42
-    # Pre-training a tiny BERT from scratch on the train snippets.
-    pretrain_model: str = "tiny"
-    snippets_per_document: int = 8  # snippets are single sentences: group them so NSP has pairs
-    pretrain_seq_length: int = 64  # three snippets or so per instance; 128 would double the cost
-    dupe_factor: int = 2  # passes over the corpus with different pairings and cuts (~9k instances)
-    pretrain_steps: int = 300  # one pass over the instances
-    pretrain_lr: float = 1e-3  # a 4M-parameter model, a few hundred steps: higher than BERT-base's 1e-4
-    pretrain_batch_size: int = 32
-    pretrain_eval_instances: int = 256
+    finetune: FinetuneConfig = field(default_factory=_finetune_defaults)
+    pretrain: DemoPretrain = field(default_factory=DemoPretrain)
+
+    @property
+    def model(self) -> str:
+        return self.finetune.model
 
     @classmethod
-    def fast(cls, **overrides) -> DemoConfig:
-        """A small budget that runs every step in well under a minute (tests, a first look)."""
-        small = dict(epochs=1, max_train_examples=256, max_eval_examples=128, dupe_factor=1, pretrain_steps=10,
-                     pretrain_eval_instances=64)
-        return cls(**{**small, **overrides})
+    def fast(cls) -> DemoConfig:
+        """A small budget that runs every step in a minute or two (tests, a first look)."""
+        cfg = cls()
+        # 32 steps: smaller batches and a higher lr than the full run, or MiniLM's untrained
+        # pooler keeps the classifier at chance for the whole budget.
+        cfg.finetune = dataclasses.replace(cfg.finetune, epochs=1, max_train_examples=512, max_eval_examples=128,
+                                           batch_size=16, lr=2e-4)
+        cfg.pretrain = dataclasses.replace(cfg.pretrain, dupe_factor=1, steps=10, eval_instances=64)
+        return cfg
 
 
 # ---------------------------------------------------------------------------- small helpers
@@ -157,16 +184,22 @@ class Results:
 
     def __init__(self, path: Path):
         self.path = path
-        self.data: dict = json.loads(path.read_text()) if path.is_file() else {}
+        self.data: dict = _read_json(path) or {}
 
     def get(self, step: str) -> dict | None:
         return self.data.get(step)
 
     def put(self, step: str, value: dict) -> None:
         self.data[step] = value
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(self.data, indent=2) + "\n")
-        os.replace(tmp, self.path)
+        io.write_json(self.path, self.data)
+
+
+def _read_json(path: Path) -> dict | None:
+    """A cache file's contents; None when it is absent or unreadable (the step then runs again)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def _model_dir(name: str) -> Path:
@@ -203,43 +236,38 @@ def contextual_bat(model: str = DEFAULT_MODEL, sentences: dict[str, str] = BAT_S
     return {"word": word, "sentences": sentences, "pairs": pairs}
 
 
-def finetune_sentiment(cfg: DemoConfig, files: dict[str, Path], out_dir: Path) -> dict:
-    """Fine-tune cfg.model on the snippets' train split, pick the best epoch on validation,
-    score it on test and classify NEW_REVIEWS. Reuses out_dir when it holds the same run."""
-    from bertkit.tasks.finetune import evaluate, finetune, predict
+def finetune_sentiment(cfg: FinetuneConfig, files: dict[str, Path], out_dir: Path) -> dict:
+    """Fine-tune on the snippets' train split, pick the best epoch on validation, score it on test
+    and classify NEW_REVIEWS. Reuses out_dir when it holds a run with the same settings."""
+    from bertkit.tasks.finetune import evaluate, finetune
+    from bertkit.tasks.predictor import Predictor
 
-    settings = dict(model=cfg.model, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                    max_length=cfg.max_length, max_train_examples=cfg.max_train_examples,
-                    max_eval_examples=cfg.max_eval_examples, seed=cfg.seed)
+    cfg = dataclasses.replace(cfg, train_file=str(files["train"]), dev_file=str(files["validation"]),
+                              output=str(out_dir), resume=False)
+    where = ("output", "resume", "progress", "device", "data_dir", "train_file", "dev_file")
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in where}
     cache = out_dir / "demo.json"
-    if cache.is_file() and (out_dir / "best" / "config.json").is_file():
-        done = json.loads(cache.read_text())
-        if done.get("settings") == settings:
-            print(f"reusing the fine-tuned model in {out_dir / 'best'} (delete {cache} to train again)")
-            return done
+    done = _read_json(cache)
+    if done and done.get("settings") == settings and (out_dir / "best" / "config.json").is_file():
+        print(f"reusing the fine-tuned model in {out_dir / 'best'} (delete {cache} to train again)")
+        return done
     t0 = time.perf_counter()
-    columns = dict(text_column="sentence", label_column="label")
-    summary = finetune(None, cfg.model, out_dir, train_file=files["train"], dev_file=files["validation"],
-                       epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, max_length=cfg.max_length,
-                       max_train_examples=cfg.max_train_examples, max_eval_examples=cfg.max_eval_examples,
-                       seed=cfg.seed, **columns)
-    best = Path(summary["best_dir"])
-    test = evaluate(best, split="dev", dev_file=files["test"], max_examples=cfg.max_eval_examples,
-                    max_length=cfg.max_length, **columns)  # the test file stands in as the scored split
-    n_test = sum(1 for _ in open(files["test"], encoding="utf-8")) - 1
+    shutil.rmtree(out_dir, ignore_errors=True)  # the demo's own folder: a run with other settings starts over
+    summary = finetune(cfg)
+    predictor = Predictor.from_pretrained(out_dir)  # its best/
+    test = evaluate(predictor, dev_file=files["test"], text_column=cfg.text_column, label_column=cfg.label_column,
+                    max_examples=cfg.max_eval_examples, seed=cfg.seed)  # the test file stands in as the scored split
+    n_test = sum(1 for _ in io.read_lines(files["test"])) - 1
     test["examples"] = min(n_test, cfg.max_eval_examples or n_test)
     print(f"test accuracy {test['accuracy']:.4f} on {test['examples']:,} snippets "
           f"(f1 {test['f1']:.4f}, loss {test['loss']:.4f})")
     predictions = []
-    for text, p in zip(NEW_REVIEWS, predict(best, NEW_REVIEWS)):
-        label = LABEL_NAMES.get(p["label"], p["label"])
-        predictions.append({"text": text, "label": label, "score": p["score"]})
-        print(f"{label:>8} {p['score']:.3f}  {text}")
+    for text, p in zip(NEW_REVIEWS, predictor(NEW_REVIEWS)):
+        predictions.append({"text": text, "label": p["label"], "score": p["score"]})
+        print(f"{p['label']:>8} {p['score']:.3f}  {text}")
     done = {"settings": settings, "summary": summary, "test": test, "predictions": predictions,
-            "model_dir": str(best), "seconds": time.perf_counter() - t0}
-    tmp = cache.with_name(f".{cache.name}.tmp")
-    tmp.write_text(json.dumps(done, indent=2) + "\n")
-    os.replace(tmp, cache)
+            "model_dir": summary["best_dir"], "seconds": time.perf_counter() - t0}
+    io.write_json(cache, done)
     return done
 
 
@@ -249,11 +277,9 @@ def write_snippet_corpus(train_file: Path, out: Path, per_document: int) -> int:
     from bertkit.tasks.readers import read_table
 
     texts = [ex.text for ex in read_table(train_file, text_column="sentence", label_column="label",
-                                          labels=tuple(LABEL_NAMES))]
+                                          labels=LABELS)]
     docs = [texts[i:i + per_document] for i in range(0, len(texts), per_document)]
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text("\n\n".join("\n".join(d) for d in docs) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
+    io.write_text(out, "\n\n".join("\n".join(d) for d in docs) + "\n")
     return len(docs)
 
 
@@ -267,36 +293,36 @@ def pretrain_tiny(cfg: DemoConfig, train_file: Path, out_dir: Path) -> dict:
     from bertkit.pretrain import PretrainConfig, pretrain
     from bertkit.train import TrainConfig
 
-    prep = dict(vocab=cfg.model, snippets_per_document=cfg.snippets_per_document,
-                max_seq_length=cfg.pretrain_seq_length, dupe_factor=cfg.dupe_factor, seed=cfg.seed)
-    run = dict(prep, model=cfg.pretrain_model, steps=cfg.pretrain_steps, lr=cfg.pretrain_lr,
-               batch_size=cfg.pretrain_batch_size, eval_instances=cfg.pretrain_eval_instances)
+    pt = cfg.pretrain
+    prep = dict(vocab=cfg.model, snippets_per_document=pt.snippets_per_document,
+                max_seq_length=pt.seq_length, dupe_factor=pt.dupe_factor, seed=pt.seed)
+    run = dict(prep, model=pt.model, steps=pt.steps, lr=pt.lr, batch_size=pt.batch_size,
+               eval_instances=pt.eval_instances)
     cache = out_dir / "demo.json"
-    if cache.is_file():
-        done = json.loads(cache.read_text())
-        if done.get("settings") == run:
-            print(f"reusing the pre-training run in {out_dir / 'run'} (delete {cache} to train again)")
-            return done
+    done = _read_json(cache)
+    if done and done.get("settings") == run:
+        print(f"reusing the pre-training run in {out_dir / 'run'} (delete {cache} to train again)")
+        return done
     t0 = time.perf_counter()
     shards = out_dir / "shards"
     meta_file, prep_file = shards / "meta.json", shards / "demo-prepare.json"
-    if meta_file.is_file() and prep_file.is_file() and json.loads(prep_file.read_text()) == prep:
+    if meta_file.is_file() and _read_json(prep_file) == prep:
         meta = json.loads(meta_file.read_text())
         print(f"reusing {meta['stats']['instances']:,} prepared instances in {shards}")
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
         corpus = out_dir / "corpus.txt"
-        n_docs = write_snippet_corpus(train_file, corpus, cfg.snippets_per_document)
-        print(f"corpus: {n_docs} pseudo-documents of {cfg.snippets_per_document} consecutive train snippets")
-        meta = prepare(_model_dir(cfg.model), [corpus], shards, max_seq_length=cfg.pretrain_seq_length,
-                       dupe_factor=cfg.dupe_factor, seed=cfg.seed, workers=1, fmt="sentences")
-        prep_file.write_text(json.dumps(prep) + "\n")
-    n_eval = min(cfg.pretrain_eval_instances, meta["stats"]["instances"] // 5)
-    steps = cfg.pretrain_steps
-    train_cfg = TrainConfig(lr=cfg.pretrain_lr, warmup=0.05, max_steps=steps, eval_every=max(1, steps // 5),
-                            save_every=None, log_every=max(1, min(20, steps // 10)), seed=cfg.seed,
+        n_docs = write_snippet_corpus(train_file, corpus, pt.snippets_per_document)
+        print(f"corpus: {n_docs} pseudo-documents of {pt.snippets_per_document} consecutive train snippets")
+        meta = prepare(_model_dir(cfg.model), [corpus], shards, max_seq_length=pt.seq_length,
+                       dupe_factor=pt.dupe_factor, seed=pt.seed, workers=1, fmt="sentences")
+        io.write_json(prep_file, prep)
+    n_eval = min(pt.eval_instances, meta["stats"]["instances"] // 5)
+    steps = pt.steps
+    train_cfg = TrainConfig(lr=pt.lr, warmup=0.05, max_steps=steps, eval_every=max(1, steps // 5),
+                            save_every=None, log_every=max(1, min(20, steps // 10)), seed=pt.seed,
                             out_dir=str(out_dir / "run"))
-    model_config = PretrainConfig(data=str(shards), model=cfg.pretrain_model, batch_size=cfg.pretrain_batch_size,
+    model_config = PretrainConfig(data=str(shards), model=pt.model, batch_size=pt.batch_size,
                                   eval_instances=n_eval, train=train_cfg)
     result = pretrain(model_config)
     logs = [r for r in result.history if "loss" in r]
@@ -311,9 +337,7 @@ def pretrain_tiny(cfg: DemoConfig, train_file: Path, out_dir: Path) -> dict:
     print(f"pre-training loss (MLM + NSP): {done['first_loss']['loss']:.3f} (mean of steps 1-{logs[0]['step']}) "
           f"-> {done['last_loss']['loss']:.3f} (at step {logs[-1]['step']}); random guessing is "
           f"ln({meta['vocab_size']}) + ln 2 = {_chance_loss(meta['vocab_size']):.2f}")
-    tmp = cache.with_name(f".{cache.name}.tmp")
-    tmp.write_text(json.dumps(done, indent=2) + "\n")
-    os.replace(tmp, cache)
+    io.write_json(cache, done)
     return done
 
 
@@ -321,6 +345,16 @@ def _chance_loss(vocab_size: int) -> float:
     import math
 
     return math.log(vocab_size) + math.log(2)
+
+
+def serve_classifier(run: Path, texts: Sequence[str] = tuple(NEW_REVIEWS[:2])) -> dict:
+    """`bertkit serve` on the fine-tuned model, on a free loopback port: the openai client lists it,
+    plain HTTP asks it about `texts` (/predict), and the server stops."""
+    from bertkit.serve import describe, serve_and_query
+
+    answers = serve_and_query(run, texts)
+    print(describe(answers))
+    return {"answers": answers}
 
 
 # ---------------------------------------------------------------------------- the report
@@ -390,6 +424,12 @@ def write_report(results: dict, work_dir: Path) -> Path:
         lines += [f"| {e['step']} | {e['val_mlm_loss']:.3f} | {e['val_mlm_accuracy']:.3f} | {e['val_nsp_loss']:.3f} | "
                   f"{e['val_nsp_accuracy']:.3f} |" for e in p["evals"]]
         lines += ["", f"![pre-training curves]({_rel(Path(p['out_dir']) / 'curves.png', work_dir)})", ""]
+    if "serve" in r:
+        from bertkit.serve import describe
+
+        lines += ["## Serving", "", "`bertkit serve` on the fine-tuned model, on a free loopback port: the `openai` "
+                  "client lists the model, plain HTTP asks `/predict`, then the server stops.", "", "```",
+                  describe(r["serve"]["answers"]), "```", ""]
     timed = [(step, r[step]["seconds"]) for step in STEPS if "seconds" in (r.get(step) or {})]
     if timed:
         lines += ["## Time", "", "Seconds each step took when it last did its work (a re-run reuses cached "
@@ -397,12 +437,10 @@ def write_report(results: dict, work_dir: Path) -> Path:
         lines += [f"| {k} | {v:.1f} |" for k, v in timed]
         lines += [f"| **all steps** | **{sum(v for _, v in timed):.1f}** |", ""]
     lines += ["## The same steps as commands", "",
-              "One step of this run: `bertkit demo --steps STEP` (data, tokens, bat, finetune, pretrain, report). "
+              f"One step of this run: `bertkit demo --steps STEP` ({', '.join(STEPS)}). "
               "With the general commands:", "", "```", *_commands(r, work_dir), "```", ""]
     path = work_dir / "report.md"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(tmp, path)
+    io.write_text(path, "\n".join(lines))
     return path
 
 
@@ -416,10 +454,10 @@ def _commands(r: dict, work_dir: Path) -> list[str]:
         limit += f" --max-eval-examples {st['max_eval_examples']}" if st["max_eval_examples"] else ""
         out += [f"bertkit finetune --model {st['model']} --train-file {data}/train.tsv --dev-file "
                 f"{data}/validation.tsv {cols} --epochs {st['epochs']} --lr {st['lr']:g} --batch-size "
-                f"{st['batch_size']} --max-length {st['max_length']}{limit} --out-dir {ft}",
-                f"bertkit evaluate {ft} --dev-file {data}/test.tsv {cols}"
+                f"{st['batch_size']} --max-length {st['max_length']} --seed {st['seed']}{limit} --output {ft}",
+                f"bertkit evaluate --model {ft} --dev-file {data}/test.tsv {cols} --seed {st['seed']}"
                 + (f" --max-examples {st['max_eval_examples']}" if st["max_eval_examples"] else ""),
-                f"bertkit predict {ft} --text \"{NEW_REVIEWS[0]}\""]
+                f"bertkit predict --model {ft} --text \"{NEW_REVIEWS[0]}\""]
     if "pretrain" in r:
         st, p = r["pretrain"]["settings"], work_dir / "pretrain"
         steps = st["steps"]
@@ -431,6 +469,8 @@ def _commands(r: dict, work_dir: Path) -> list[str]:
                 f"train.max_steps={steps} train.eval_every={max(1, steps // 5)} "
                 f"train.log_every={max(1, min(20, steps // 10))} train.save_every=null train.seed={st['seed']} "
                 f"train.out_dir={p}/run"]
+    if "serve" in r:
+        out += [f"bertkit serve {work_dir / 'finetune'} --port 8080   # then POST /predict, or open http://127.0.0.1:8080/"]
     return out
 
 
@@ -454,7 +494,7 @@ def run_demo(cfg: DemoConfig | None = None, steps: tuple[str, ...] = STEPS) -> d
 
     def data() -> dict:
         paths = fetch_movie_snippets(work / "data")
-        counts = {s: sum(1 for _ in open(p, encoding="utf-8")) - 1 for s, p in paths.items()}
+        counts = {s: sum(1 for _ in io.read_lines(p)) - 1 for s, p in paths.items()}
         print(", ".join(f"{s} {n:,}" for s, n in counts.items()) + f" snippets in {work / 'data'}")
         return {"counts": counts}
 
@@ -463,11 +503,15 @@ def run_demo(cfg: DemoConfig | None = None, steps: tuple[str, ...] = STEPS) -> d
         "tokens": ("WordPiece tokenization", lambda: show_tokenization(cfg.model)),
         "bat": ("contextual vectors: the same word, different meanings", lambda: contextual_bat(cfg.model)),
         "finetune": (f"fine-tune {cfg.model} for sentiment",
-                     lambda: finetune_sentiment(cfg, files, work / "finetune")),
-        "pretrain": (f"pre-train a {cfg.pretrain_model} BERT from scratch (MLM + NSP)",
+                     lambda: finetune_sentiment(cfg.finetune, files, work / "finetune")),
+        "pretrain": (f"pre-train a {cfg.pretrain.model} BERT from scratch (MLM + NSP)",
                      lambda: pretrain_tiny(cfg, files["train"], work / "pretrain")),
+        "serve": ("serve the fine-tuned classifier over HTTP and ask it through the openai client and plain HTTP",
+                  lambda: serve_classifier(work / "finetune")),
         "report": ("report.md with the numbers and the training curves", lambda: None),
     }
+    if "serve" in steps and "finetune" not in steps and not (work / "finetune" / "best").is_dir():
+        steps = tuple(s for s in STEPS if s in ("data", "finetune") or s in steps)  # it serves that model
     if any(s in steps for s in ("finetune", "pretrain")) and not all(p.is_file() for p in files.values()):
         steps = tuple(s for s in STEPS if s == "data" or s in steps)  # they need the data
     t_all = time.perf_counter()

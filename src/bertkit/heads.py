@@ -204,3 +204,16 @@ class BertForQuestionAnswering(BertHead):
                     + F.cross_entropy(end_logits, end, ignore_index=seq)) / 2
         return ModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits, logits=logits)
 
+
+MODEL_CLASSES = {cls.__name__: cls for cls in (
+    BertModel, BertForPreTraining, BertForMaskedLM, BertForNextSentencePrediction,
+    BertForSequenceClassification, BertForTokenClassification, BertForQuestionAnswering)}
+
+
+def model_class(config: BertConfig, source: str = "config.json") -> type[PretrainedMixin]:
+    """The class config.json names in `architectures` (BertModel when it names none)."""
+    names = config.extra.get("architectures") or ["BertModel"]
+    if names[0] not in MODEL_CLASSES:
+        raise ValueError(f"{source}: architecture {names[0]!r} is not one bertkit builds "
+                         f"({', '.join(MODEL_CLASSES)})")
+    return MODEL_CLASSES[names[0]]

@@ -1,5 +1,5 @@
 """Files in and out: atomic writes of a file or a folder, line and JSON-lines readers that name
-file and line in their errors, and chunking of long streams.
+file and line in their errors, input lists with globs, and chunking and sharding of long streams.
 
 Every file bertkit writes goes through `atomic_write` or `atomic_dir`: a crash leaves either
 the old version or the new one, never half of one. Temporary names all follow one scheme,
@@ -9,6 +9,8 @@ the old version or the new one, never half of one. Temporary names all follow on
 from __future__ import annotations
 
 import contextlib
+import glob
+import itertools
 import json
 import os
 import shutil
@@ -180,8 +182,10 @@ def json_field(obj: dict, field: str, where: str) -> str:
     return obj[field]
 
 
-def read_texts(path: str | os.PathLike, *, keep_blank: bool, text_field: str | None = None) -> Iterator[str]:
-    """The texts of a file: one per line, or `text_field` of each JSON line (the default for .jsonl).
+def numbered_texts(path: str | os.PathLike, *, keep_blank: bool,
+                   text_field: str | None = None) -> Iterator[tuple[int, str]]:
+    """(line number, text) for the texts of a file: one per line, or `text_field` of each JSON
+    line (the default for .jsonl).
 
     keep_blank=True yields blank lines as empty texts, so that output row n is input line n
     (embedding); keep_blank=False skips them (counting words for a vocabulary).
@@ -190,11 +194,44 @@ def read_texts(path: str | os.PathLike, *, keep_blank: bool, text_field: str | N
         text_field = "text"
     if text_field is not None:
         for lineno, obj in read_jsonl(path):
-            yield json_field(obj, text_field, f"{_source_name(path)}:{lineno}")
+            yield lineno, json_field(obj, text_field, f"{_source_name(path)}:{lineno}")
         return
-    for _, line in read_lines(path):
+    for lineno, line in read_lines(path):
         if keep_blank or line.strip():
-            yield line
+            yield lineno, line
+
+
+def read_texts(path: str | os.PathLike, *, keep_blank: bool, text_field: str | None = None) -> Iterator[str]:
+    """The texts of a file, without their line numbers (see numbered_texts)."""
+    for _, text in numbered_texts(path, keep_blank=keep_blank, text_field=text_field):
+        yield text
+
+
+def expand_paths(patterns: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
+    """Input files named by paths and glob patterns ("data/*.jsonl", "**" too), in the order given,
+    each pattern's matches sorted; "-" is stdin. A path that is missing or a pattern that matches
+    no file is an error naming it.
+
+    ["b.txt", "parts/*.txt"] -> ["b.txt", "parts/0.txt", "parts/1.txt"]
+    """
+    if isinstance(patterns, (str, os.PathLike)):
+        patterns = [patterns]
+    paths: list[str] = []
+    for pattern in map(str, patterns):
+        if pattern == "-" or Path(pattern).is_file():
+            paths.append(pattern)
+        elif any(c in pattern for c in "*?["):
+            matches = sorted(p for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+            if not matches:
+                raise FileNotFoundError(f"{pattern}: no file matches")
+            paths += matches
+        elif Path(pattern).is_dir():
+            raise IsADirectoryError(f"{pattern}: is a folder; give its files (e.g. {pattern}/*.txt)")
+        else:
+            raise FileNotFoundError(f"{pattern}: no such file")
+    if not paths:
+        raise ValueError("no input files given")
+    return paths
 
 
 def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -207,3 +244,19 @@ def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+def shard(items: Iterable[T], index: int, count: int) -> Iterator[T]:
+    """Part `index` of `count` (0 <= index < count): items index, index + count, index + 2 * count...
+
+    The parts are disjoint and together hold every item, whatever the stream's length (which need
+    not be known); item k of part i is item i + k * count of the whole, so parts interleave back
+    with `whole[i::count] = part_i`.
+    """
+    check_shard(index, count)
+    return itertools.islice(items, index, None, count)
+
+
+def check_shard(index: int, count: int) -> None:
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: need 0 <= index < count")

@@ -197,9 +197,12 @@ def extended_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> to
 
     Additive with the dtype's minimum rather than -inf: a row that is all padding
     then gives a uniform softmax instead of NaN. Returning None when there is no
-    padding lets SDPA take its fastest unmasked kernel.
+    padding lets SDPA take its fastest unmasked kernel; a traced graph (ONNX export)
+    or a compiled one must serve every batch, so it always masks.
     """
-    if attention_mask is None or bool(attention_mask.all()):
+    if attention_mask is None:
+        return None
+    if not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and bool(attention_mask.all()):
         return None
     keep = attention_mask[:, None, None, :].to(torch.bool)
     return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill_(~keep, torch.finfo(dtype).min)

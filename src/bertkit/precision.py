@@ -59,14 +59,30 @@ def cast_model(model: nn.Module, dtype: str, *, inplace: bool = False) -> nn.Mod
 def quantize_linear(linear: nn.Linear) -> nn.Module:
     """An nn.Linear as torch's dynamic int8 Linear: int8 weights with one scale per output
     channel (so one outlier row does not coarsen a whole matrix), activations quantized per
-    batch at run time, to all 8 bits (see _full_range_linear)."""
+    batch at run time, to all 8 bits (see _full_range_linear). The weights are packed for
+    int8_engine()'s kernels, which then run them whatever the global engine is."""
     with warnings.catch_warnings():
         # torch.ao.quantization warns of a future move to torchao; it still works and needs no new dependency.
         warnings.simplefilter("ignore")
         from torch.ao.quantization import per_channel_dynamic_qconfig
 
         linear.qconfig = per_channel_dynamic_qconfig
-        return _full_range_linear().from_float(linear)
+        engine = torch.backends.quantized.engine
+        torch.backends.quantized.engine = int8_engine()
+        try:
+            return _full_range_linear().from_float(linear)
+        finally:
+            torch.backends.quantized.engine = engine
+
+
+@functools.cache
+def int8_engine() -> str:
+    """oneDNN on CPUs with AMX int8 tiles, whose kernels use them (fbgemm's do not; the integer
+    results are the same); torch's default engine (fbgemm) everywhere else."""
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()  # private, hence the fallback
+    if amx and "onednn" in torch.backends.quantized.supported_engines:
+        return "onednn"
+    return torch.backends.quantized.engine
 
 
 @functools.cache

@@ -13,20 +13,15 @@ decoder is tied to the word embeddings). Several processes (CPU or GPU):
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
-import types as types_
-import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-import yaml
 
-from bertkit.config import PRESETS, BertConfig
-from bertkit.data import MaskedBatches, Masker, MaskingConfig, PretrainingData
+from bertkit.config import PRESETS, BertConfig, load_settings
+from bertkit.data import MaskedBatches, Masker, MaskingConfig, open_prepared
 from bertkit.heads import BertForPreTraining
 from bertkit.tokenizer import Tokenizer
 from bertkit.train import TrainConfig, TrainResult, train
@@ -48,71 +43,14 @@ class PretrainConfig:
     eval_data: str = ""  # a second prepared directory to evaluate on instead (e.g. a test corpus); then all
     # of `data` trains and the first eval_instances of eval_data are held out
     eval_batch_size: int = 64
-    resume: bool = False  # continue from train.out_dir/state.pt
+    resume: bool | Literal["auto"] = False  # continue the run in train.out_dir (auto: when there is one)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     train: TrainConfig = field(default_factory=_pretrain_defaults)
 
 
-# ---------------------------------------------------------------------------- config files
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Numbers from strings where the field wants a number (YAML reads 1e-4 as a string)."""
-    types = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types_.UnionType) else (hint,)
-    if value is None or isinstance(value, bool) or not isinstance(value, (str, int)):
-        return value
-    for t in (int, float):
-        if t in types and not isinstance(value, t):
-            try:
-                return t(value)
-            except ValueError:
-                raise ValueError(f"config key {key!r}: {value!r} is not a valid {t.__name__}") from None
-    return value
-
-
-def _build(cls, values: dict, where: str):
-    """Dataclass `cls` from a dict, refusing unknown keys with the key's full name."""
-    if not isinstance(values, dict):
-        raise ValueError(f"config {where or 'root'}: expected a mapping, got {type(values).__name__}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in values.items():
-        full = f"{where}.{key}" if where else key
-        if key not in hints:
-            raise ValueError(f"config key {full!r} is not one of: {', '.join(f.name for f in dataclasses.fields(cls))}")
-        sub = {"masking": MaskingConfig, "train": TrainConfig}.get(key) if cls is PretrainConfig else None
-        kwargs[key] = _build(sub, value, full) if sub else _coerce(value, hints[key], full)
-    return cls(**kwargs)
-
-
-def _set(tree: dict, dotted: str, value: Any) -> None:
-    *parents, last = dotted.split(".")
-    for p in parents:
-        tree = tree.setdefault(p, {})
-        if not isinstance(tree, dict):
-            raise ValueError(f"override {dotted!r}: {p!r} is not a section")
-    tree[last] = value
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> PretrainConfig:
-    """PretrainConfig from a YAML/JSON file (optional) plus `key=value` overrides."""
-    tree: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no config file at {path}")
-        try:
-            tree = (json.loads if path.suffix == ".json" else yaml.safe_load)(path.read_text()) or {}
-        except (json.JSONDecodeError, yaml.YAMLError) as e:
-            raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({e})") from None
-    base = dataclasses.asdict(_pretrain_defaults())
-    tree["train"] = {**base, **(tree.get("train") or {})}  # file values win over pre-training defaults
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {item!r} is not key=value")
-        _set(tree, key.strip(), yaml.safe_load(value))
-    cfg = _build(PretrainConfig, tree, "")
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> PretrainConfig:
+    """PretrainConfig from a YAML/JSON file (optional) plus `key=value` overrides (config.load_settings)."""
+    cfg = load_settings(PretrainConfig, path, overrides)
     if not cfg.data:
         raise ValueError("config: `data` (a directory written by `bertkit prepare`) is required")
     return cfg
@@ -171,7 +109,7 @@ def heldout_evaluator(batches: MaskedBatches):
 
 def pretrain(cfg: PretrainConfig) -> TrainResult:
     """Pre-train (or continue pre-training) with MLM + NSP; write everything under cfg.train.out_dir."""
-    data = PretrainingData(cfg.data)
+    data = open_prepared(cfg.data)
     tokenizer = Tokenizer.from_pretrained(data.dir)
     model = build_model(cfg, tokenizer)
     if cfg.model not in PRESETS and (Path(model.source_dir) / "vocab.txt").is_file():
@@ -182,7 +120,7 @@ def pretrain(cfg: PretrainConfig) -> TrainResult:
     masker = Masker(cfg.masking, tokenizer.vocab, tokenizer.special_ids, tokenizer.mask_token_id)
     n_eval = cfg.eval_instances
     if cfg.eval_data:
-        eval_data = PretrainingData(cfg.eval_data)
+        eval_data = open_prepared(cfg.eval_data)
         eval_data.check_vocab(tokenizer.vocab)
         n_eval = min(n_eval, len(eval_data))
         train_ids, eval_ids = list(range(len(data))), list(range(n_eval))
@@ -197,10 +135,6 @@ def pretrain(cfg: PretrainConfig) -> TrainResult:
         heldout = MaskedBatches(eval_data, eval_ids, cfg.eval_batch_size, masker, seed=cfg.train.seed + 1,
                                 shuffle=False)
         evaluate = heldout_evaluator(heldout)
-    result = train(model, batches, cfg.train, evaluate, batch_stats=pretraining_stats, resume=cfg.resume)
-    out = Path(cfg.train.out_dir) if cfg.train.out_dir else None
-    if out is not None and int(os.environ.get("RANK", "0")) == 0:
-        for d in (out / "last", out / "best"):  # make the exported models self-contained
-            if d.is_dir():
-                tokenizer.save_pretrained(d)
-    return result
+    # The exports are whole models: weights, config and the vocabulary their ids refer to.
+    return train(model, batches, cfg.train, evaluate, batch_stats=pretraining_stats, resume=cfg.resume,
+                 export=lambda m, folder: m.save_pretrained(folder, tokenizer=tokenizer))

@@ -1,50 +1,50 @@
 """The one training engine: pre-training and every fine-tuning task run through `train`.
 
-A task hands over a model (an nn.Module whose forward returns {"loss": ..., ...}),
-a re-iterable batch source (`set_epoch(e)`, `len()`; `Batches` or the pre-training
-loader), an optional `evaluate(model) -> dict[str, float]` and a `TrainConfig`.
-The engine never knows which task it runs.
+    result = train(model, batches, TrainConfig(lr=2e-5, epochs=3, out_dir="runs/sst2"), evaluate)
 
-One optimizer update ("step") consumes `grad_accum_steps` micro-batches per process.
-Under torchrun every process takes every `world_size`-th micro-batch, so N processes
-with accumulation k see exactly the batches of one process with accumulation N*k.
+A task hands over a model (an nn.Module whose forward returns {"loss": ..., ...}), a re-iterable
+batch source (`set_epoch(e)`, `len()`; indexing, `batch_size` and `fingerprint()` when it has
+them, as the pre-training loader does), an optional `evaluate(model) -> {"accuracy": 0.91, ...}`
+and a TrainConfig. The engine never knows which task it runs.
 
-Everything needed to continue bit-for-bit (weights, optimizer, schedule, RNG states,
-data position, running sums) lives in one file, `out_dir/state.pt`, written atomically
-and holding only tensors and plain values (torch.load(weights_only=True) reads it).
+One optimizer update ("step") consumes `grad_accum_steps` micro-batches per process. Under
+torchrun every process takes every `world_size`-th micro-batch, so N processes with
+accumulation k see exactly the batches of one process with accumulation N*k.
+
+Everything needed to continue bit-for-bit (weights, optimizer, schedule, RNG states, data
+position, running sums) is saved in out_dir/state.pt; runs.py owns that folder and the order
+in which its files are written, so that a run killed at any moment resumes exactly.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import os
 import queue
 import random
-import shutil
 import signal
 import threading
 import time
+import typing
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-STATE_FILE = "state.pt"
-METRICS_FILE = "metrics.jsonl"
-PLOT_FILE = "curves.png"
+from bertkit.runs import Export, RunFolder
 
 Evaluate = Callable[[nn.Module], dict[str, float]]
 # batch_stats(batch, out) -> {name: (sum, count)}; the engine reports sum/count per name,
 # e.g. {"accuracy": (n_correct, n_examples)} is printed as train_accuracy.
 BatchStats = Callable[[dict, dict], dict[str, tuple[Any, Any]]]
+MixedPrecision = Literal["no", "bf16", "fp16"]
 
 
 @dataclass
@@ -60,13 +60,16 @@ class TrainConfig:
     # evaluation is not counted, and the lr schedule still spans max_steps/epochs, so runs compare at equal time
     grad_accum_steps: int = 1  # micro-batches per optimizer step, per process
     max_grad_norm: float | None = 1.0  # total-norm clipping before every step; None disables
-    dtype: str = "fp32"  # fp32 | bf16 (autocast, CPU and CUDA) | fp16 (CUDA only, with GradScaler)
+    mixed_precision: MixedPrecision = "no"  # autocast: bf16 (CPU, CUDA) or fp16 (CUDA, with a grad scaler);
+    # the weights stay fp32 (from_pretrained's dtype is about how weights are stored, for inference)
+    max_bad_steps: int = 0  # steps whose loss or gradient norm is not finite that are skipped (no update,
+    # recorded in metrics.jsonl); one more stops the run with Diverged
     device: str = "auto"  # auto = cuda when available (cuda:LOCAL_RANK under torchrun), else cpu
     seed: int = 42  # python, numpy and torch RNGs; rank r uses seed + r so dropout differs per rank
     eval_every: int | None = None  # steps between evaluations; None = at the end of each epoch
     save_every: int | None = None  # steps between checkpoints; None = at the end of each epoch
     log_every: int = 50  # steps between JSON-line records of the train loss
-    out_dir: str | None = None  # where state.pt, last/, best/, metrics.jsonl, curves.png go; None = nothing written
+    out_dir: str | None = None  # the run folder (runs.py): state.pt, metrics.jsonl, last/, best/; None = no files
     keep_best: bool = True  # export the model to out_dir/best whenever `metric` improves
     metric: str = "loss"  # key of evaluate()'s dict that decides "best"
     greater_is_better: bool = False
@@ -74,13 +77,23 @@ class TrainConfig:
     progress: bool = True  # tqdm bar on rank 0
 
     def __post_init__(self) -> None:
-        if self.dtype not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"dtype must be fp32, bf16 or fp16, got {self.dtype!r}")
-        if self.grad_accum_steps < 1:
-            raise ValueError(f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
-        if self.max_steps is None and self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1 (or set max_steps), got {self.epochs}")
         self.betas = tuple(self.betas)  # YAML/JSON give lists
+        if self.mixed_precision not in typing.get_args(MixedPrecision):
+            raise ValueError(f"mixed_precision must be one of {', '.join(typing.get_args(MixedPrecision))}, "
+                             f"got {self.mixed_precision!r}")
+        whole = {"grad_accum_steps": (self.grad_accum_steps, 1), "log_every": (self.log_every, 1),
+                 "max_bad_steps": (self.max_bad_steps, 0), "max_steps": (self.max_steps, 1),
+                 "eval_every": (self.eval_every, 1), "save_every": (self.save_every, 1),
+                 "epochs": (self.epochs, 1 if self.max_steps is None else 0)}
+        for name, (value, low) in whole.items():
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+                raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
+        positive = {"lr": self.lr, "max_minutes": self.max_minutes, "max_grad_norm": self.max_grad_norm}
+        for name, value in positive.items():
+            if value is not None and not (isinstance(value, (int, float)) and 0 < value < math.inf):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if not 0 <= self.warmup < math.inf:
+            raise ValueError(f"warmup must be >= 0 (a fraction below 1, else a number of steps), got {self.warmup!r}")
 
 
 @dataclass
@@ -89,7 +102,11 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # every record written to metrics.jsonl
     best_metric: float | None = None
     best_step: int | None = None
-    stopped: bool = False  # True when SIGTERM/SIGINT ended training early (state saved)
+    stopped: int | None = None  # the signal (SIGINT, SIGTERM) that ended training early, after saving its state
+
+
+class Diverged(RuntimeError):
+    """The loss or the gradient norm stopped being finite (more than max_bad_steps times)."""
 
 
 # ---------------------------------------------------------------------------- optimizer, schedule
@@ -127,41 +144,7 @@ def warmup_steps_for(cfg: TrainConfig, total_steps: int) -> int:
     return int(round(cfg.warmup * total_steps)) if cfg.warmup < 1 else int(cfg.warmup)
 
 
-# ---------------------------------------------------------------------------- state on disk
-
-
-def save_state(path: str | Path, state: dict) -> None:
-    """Write `state` atomically: a crash leaves either the old file or the new one, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def load_state(path: str | Path) -> dict:
-    """Read a training-state file; weights_only=True so loading never runs pickled code."""
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def export_model(model: nn.Module, directory: Path) -> None:
-    """Write the model for `from_pretrained` (HF layout), replacing `directory` as a whole."""
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if hasattr(model, "save_pretrained"):
-        model.save_pretrained(tmp)
-    else:  # plain nn.Module: weights only; save_model copes with tied tensors
-        from safetensors.torch import save_model
-
-        save_model(model, str(tmp / "model.safetensors"))
-    old = directory.with_name(directory.name + ".old")
-    if directory.exists():
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
+# ---------------------------------------------------------------------------- random state
 
 
 def _rng_state() -> dict:
@@ -236,6 +219,25 @@ class _Dist:
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return t.tolist()
+
+    def max(self, values: list[float]) -> list[float]:
+        """Element-wise maximum over ranks: for flags every rank must agree on."""
+        if self.world == 1:
+            return values
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t.tolist()
+
+    def wrap(self, model: nn.Module, find_unused_parameters: bool) -> nn.Module:
+        """`model` in DDP when running as a process group (its gradients are averaged over ranks)."""
+        if not self.group:
+            return model
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DDP(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
 
     def gather(self, obj: Any) -> list[Any]:
         if self.world == 1:
@@ -314,39 +316,105 @@ def _prefetched(batches: Iterator[dict], depth: int = 2) -> Iterator[dict]:
         done.set()
 
 
-# ---------------------------------------------------------------------------- the loop
+# ---------------------------------------------------------------------------- plan, position, sums
 
 
+@dataclass
 class _Sums:
-    """Running sums over a window of steps (for logs, for reports); plain values, saved in state."""
+    """Running sums over a window of steps (for logs, for reports); plain values, saved in state.pt."""
 
-    def __init__(self, d: dict | None = None):
-        d = d or {}
-        self.loss = d.get("loss", 0.0)
-        self.steps = d.get("steps", 0)
-        self.tokens = d.get("tokens", 0.0)
-        self.seconds = d.get("seconds", 0.0)
-        self.stats: dict[str, list[float]] = {k: list(v) for k, v in d.get("stats", {}).items()}
+    loss: float = 0.0
+    steps: int = 0
+    tokens: float = 0.0
+    seconds: float = 0.0
+    stats: dict[str, list[float]] = field(default_factory=dict)  # name -> [sum, count]
 
-    def to_dict(self) -> dict:
-        return {"loss": self.loss, "steps": self.steps, "tokens": self.tokens, "seconds": self.seconds,
-                "stats": {k: list(v) for k, v in self.stats.items()}}
-
-    def add(self, loss: float, tokens: float, seconds: float, stats: dict[str, list[float]]) -> None:
+    def add(self, loss: float, tokens: float, seconds: float, stats: list[dict[str, tuple[float, float]]]) -> None:
+        """One step: its loss, tokens and time, and the batch_stats of each of its micro-batches."""
         self.loss += loss
         self.steps += 1
         self.tokens += tokens
         self.seconds += seconds
-        for k, (s, c) in stats.items():
-            acc = self.stats.setdefault(k, [0.0, 0.0])
-            acc[0] += s
-            acc[1] += c
+        for micro in stats:
+            for k, (s, c) in micro.items():
+                acc = self.stats.setdefault(k, [0.0, 0.0])
+                acc[0] += s
+                acc[1] += c
 
-    def summary(self, prefix: str) -> dict[str, float]:
-        out = {f"{prefix}loss": self.loss / max(1, self.steps)}
+    def all_ranks(self, d: _Dist) -> _Sums:
+        """Sums over every process; seconds are per process (they ran side by side)."""
+        keys = sorted(self.stats)
+        flat = d.sum([self.loss, self.steps, self.tokens, self.seconds, *(x for k in keys for x in self.stats[k])])
+        return _Sums(flat[0], flat[1], flat[2], flat[3] / d.world,
+                     {k: flat[4 + 2 * i: 6 + 2 * i] for i, k in enumerate(keys)})
+
+    def summary(self, prefix: str) -> dict[str, float | None]:
+        out = {f"{prefix}loss": self.loss / self.steps if self.steps else None}
         for k, (s, c) in sorted(self.stats.items()):
-            out[f"{prefix}{k}"] = s / c if c else float("nan")
+            out[f"{prefix}{k}"] = s / c if c else None
         return out
+
+
+@dataclass
+class _Position:
+    """Where the run stands, and its running sums: saved in state.pt beside the weights."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # the epoch being read, from 0
+    micro: int = 0  # micro-batches of it read, per process
+    elapsed: float = 0.0  # training seconds (evaluation excluded)
+    best: float | None = None
+    best_step: int | None = None
+    bad_steps: int = 0  # steps skipped for a non-finite loss or gradient norm
+    log_sums: _Sums = field(default_factory=_Sums)
+    report_sums: _Sums = field(default_factory=_Sums)
+
+    @classmethod
+    def from_state(cls, state: dict) -> _Position:
+        values = {f.name: state[f.name] for f in dataclasses.fields(cls)}
+        return cls(**{**values, "log_sums": _Sums(**values["log_sums"]), "report_sums": _Sums(**values["report_sums"])})
+
+
+@dataclass
+class _Plan:
+    """The run's shape, fixed at its start."""
+
+    micro_per_epoch: int  # micro-batches per epoch, per process
+    steps_per_epoch: int
+    total_steps: int
+    epochs: int  # epochs the run touches (max_steps may end the last one early)
+    warmup_steps: int
+    definition: dict  # what a resume must find unchanged, saved in state.pt
+
+    @classmethod
+    def of(cls, batches, cfg: TrainConfig, world: int) -> _Plan:
+        micro = len(batches) // world
+        if micro == 0:
+            raise ValueError(f"{len(batches)} batches cannot feed {world} processes")
+        per_epoch = math.ceil(micro / cfg.grad_accum_steps)
+        total = cfg.max_steps or cfg.epochs * per_epoch
+        fingerprint = getattr(batches, "fingerprint", None)
+        definition = {"world_size": world, "micro_batches_per_epoch": micro, "grad_accum_steps": cfg.grad_accum_steps,
+                      "total_steps": total, "batch_size": getattr(batches, "batch_size", None), "lr": cfg.lr,
+                      "warmup": cfg.warmup, "epochs": cfg.epochs, "max_steps": cfg.max_steps,
+                      "data": fingerprint() if fingerprint else None}
+        return cls(micro, per_epoch, total, math.ceil(total / per_epoch), warmup_steps_for(cfg, total), definition)
+
+    def check_resume(self, saved: dict, source: Any) -> None:
+        """Refuse to continue a run with another shape: its data position and schedule would be wrong."""
+        unknown = lambda k, now: k in ("batch_size", "data") and None in (now, saved.get(k))  # a source may not say
+        changed = [f"{k} {_short(saved.get(k))} -> {_short(now)}" for k, now in self.definition.items()
+                   if saved.get(k) != now and not unknown(k, now)]
+        if changed:
+            raise ValueError(f"{source}: cannot resume, the run was saved with other settings: {', '.join(changed)} "
+                             "(set them back, or start a fresh run in another folder)")
+
+
+def _short(value: Any) -> str:
+    return repr(value[:12] + "...") if isinstance(value, str) and len(value) > 15 else repr(value)
+
+
+# ---------------------------------------------------------------------------- pieces of a step
 
 
 def _count_tokens(batch: dict) -> float:
@@ -361,11 +429,19 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def _autocast(cfg: TrainConfig, device: torch.device):
-    if cfg.dtype == "fp32":
+def _autocast(mixed_precision: str, device: torch.device):
+    if mixed_precision == "no":
         return nullcontext()
-    dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float16
+    dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _check_mixed_precision(mixed_precision: str, device: torch.device) -> None:
+    if mixed_precision == "fp16" and device.type != "cuda":
+        raise ValueError("mixed_precision fp16 needs a CUDA device (use bf16 on CPU)")
+    if mixed_precision == "bf16" and device.type == "cpu" and not _cpu_has_bf16():
+        warnings.warn("this CPU has no native bf16 (AVX512-BF16 or AMX): bf16 autocast is emulated and "
+                      "runs many times slower than fp32 here", stacklevel=4)
 
 
 def _cpu_has_bf16() -> bool:
@@ -375,11 +451,26 @@ def _cpu_has_bf16() -> bool:
         return True
 
 
+def _nonfinite(model: nn.Module) -> list[str]:
+    """Names of the floating-point tensors of `model` that hold a NaN or an infinity."""
+    return [n for n, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def _best_info(cfg: TrainConfig, at: _Position) -> dict | None:
+    """What best/export.json records, when the current step is the best one."""
+    return {"metric": cfg.metric, "value": at.best} if at.best_step == at.step else None
+
+
+def _better(value: float, best: float | None, greater_is_better: bool) -> bool:
+    """A NaN is never better: a diverged model is the worst, not the best."""
+    return math.isfinite(value) and (best is None or (value > best if greater_is_better else value < best))
+
+
 class _StopFlag:
-    """SIGTERM/SIGINT set a flag; the loop saves at the next step boundary and returns."""
+    """SIGTERM/SIGINT: the loop saves at the end of the current step and returns; a second one stops at once."""
 
     def __init__(self) -> None:
-        self.raised = False
+        self.signum = 0
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> _StopFlag:
@@ -389,11 +480,16 @@ class _StopFlag:
         return self
 
     def _handle(self, signum, frame) -> None:
-        self.raised = True
+        if self.signum:
+            raise KeyboardInterrupt  # asked twice: stop now; the last saved state stays as it is
+        self.signum = signum
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
+
+
+# ---------------------------------------------------------------------------- the loop
 
 
 def train(
@@ -403,310 +499,218 @@ def train(
     evaluate: Evaluate | None = None,
     *,
     batch_stats: BatchStats | None = None,
-    resume: bool = False,
+    resume: bool | Literal["auto"] = False,
+    export: Export | None = None,
 ) -> TrainResult:
-    """Train `model` in place on `batches`; see the module docstring for the contract."""
-    dist_ = _Dist.setup(cfg.device)
+    """Train `model` in place on `batches`; see the module docstring for the contract.
+
+    resume: True continues the run saved in cfg.out_dir (an error when there is none), "auto"
+    continues it when there is one, False starts afresh. export(model, folder) writes last/ and
+    best/ (default: model.save_pretrained(folder)). Raises Diverged when the loss or the gradient
+    norm is not finite more than cfg.max_bad_steps times; a NaN model is never saved.
+    """
+    if resume not in (True, False, "auto"):
+        raise ValueError(f"resume must be true, false or 'auto', got {resume!r}")
+    if resume is True and not cfg.out_dir:
+        raise ValueError("resume needs out_dir: the state to resume from lives there")
+    d = _Dist.setup(cfg.device)
     try:
-        return _Trainer(model, batches, cfg, evaluate, batch_stats, dist_).run(resume)
+        return _train(model, batches, cfg, evaluate, batch_stats, resume, export, d)
     finally:
-        dist_.close()
+        d.close()
 
 
-class _Trainer:
-    def __init__(self, model, batches, cfg, evaluate, batch_stats, dist_: _Dist):
-        self.cfg, self.batches, self.evaluate, self.batch_stats, self.d = cfg, batches, evaluate, batch_stats, dist_
-        self.out = Path(cfg.out_dir) if cfg.out_dir else None
-        self.writer = self.out is not None and dist_.rank == 0
-        if cfg.dtype == "fp16" and dist_.device.type != "cuda":
-            raise ValueError("dtype fp16 needs a CUDA device (use bf16 on CPU)")
-        if cfg.dtype == "bf16" and dist_.device.type == "cpu" and not _cpu_has_bf16():
-            warnings.warn("this CPU has no native bf16 (AVX512-BF16 or AMX): bf16 autocast is emulated and "
-                          "runs many times slower than fp32 here", stacklevel=3)
-        seed_everything(cfg.seed + dist_.rank)
-        self.core = model.to(dist_.device)
-        if dist_.group:
-            from torch.nn.parallel import DistributedDataParallel as DDP
+def _train(model, batches, cfg: TrainConfig, evaluate, batch_stats, resume, export, d: _Dist) -> TrainResult:
+    # -- set up: the run folder first (a bad out_dir fails before any work), then model and optimizer
+    run = RunFolder(cfg.out_dir, export=export, writer=d.rank == 0) if cfg.out_dir else None
+    _check_mixed_precision(cfg.mixed_precision, d.device)
+    seed_everything(cfg.seed + d.rank)
+    core = model.to(d.device)  # the model itself: what is evaluated and saved
+    net = d.wrap(core, cfg.ddp_find_unused_parameters)  # what trains: DDP averages its gradients over ranks
+    plan = _Plan.of(batches, cfg, d.world)
+    optimizer = build_optimizer(core, cfg, d.device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, plan.warmup_steps,
+                                                                                 plan.total_steps))
+    scaler = torch.amp.GradScaler("cuda") if cfg.mixed_precision == "fp16" else None
+    say = tqdm.write if d.rank == 0 else (lambda text: None)
+    at, history = _Position(), []
+    state = run.open(resume) if run else None
+    if state is not None:  # continue exactly where the saved run stopped
+        plan.check_resume(state["run"], run.state_file)
+        core.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler and state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"][d.rank])
+        at = _Position.from_state(state)
+        run.repair(core, at.step, _best_info(cfg, at))
+        history = run.records(upto=at.step)
+        say(f"resumed from {run.state_file}: step {at.step}, epoch {at.epoch + 1}, batch {at.micro}")
+    d.barrier()
 
-            ids = [dist_.device.index] if dist_.device.type == "cuda" else None
-            self.model = DDP(self.core, device_ids=ids,
-                             find_unused_parameters=cfg.ddp_find_unused_parameters)
-        else:
-            self.model = self.core
-        self.micro_per_epoch = len(batches) // dist_.world
-        if self.micro_per_epoch == 0:
-            raise ValueError(f"{len(batches)} batches cannot feed {dist_.world} processes")
-        self.steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.grad_accum_steps)
-        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
-        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        warmup = warmup_steps_for(cfg, self.total_steps)
-        self.optimizer = build_optimizer(self.core, cfg, dist_.device)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, warmup, self.total_steps))
-        self.scaler = torch.amp.GradScaler("cuda") if cfg.dtype == "fp16" else None
-        # Position and running sums: everything in here goes into state.pt.
-        self.step, self.epoch, self.micro = 0, 0, 0
-        self.elapsed = 0.0
-        self.best: float | None = None
-        self.best_step: int | None = None
-        self.log_sums, self.report_sums = _Sums(), _Sums()
-        self.history: list[dict] = []
+    def record(rec: dict) -> None:
+        history.append(rec)
+        if run:
+            run.append(rec)
 
-    # -- state ---------------------------------------------------------------
+    def report() -> bool:
+        """Train metrics since the last report, validation metrics, keep-best; True for a new best."""
+        rec = {"step": at.step, "epoch": at.epoch + 1, **at.report_sums.all_ranks(d).summary("train_")}
+        new_best = False
+        if evaluate is not None:
+            if d.rank == 0:
+                core.eval()
+                with torch.no_grad(), _autocast(cfg.mixed_precision, d.device):
+                    metrics = {k: float(v) for k, v in evaluate(core).items()}
+                core.train()
+                rec.update({f"val_{k}": v for k, v in metrics.items()})
+                if cfg.keep_best and cfg.metric not in metrics:
+                    raise ValueError(f"metric {cfg.metric!r} is not among the evaluation results {sorted(metrics)}")
+                if cfg.keep_best and _better(metrics[cfg.metric], at.best, cfg.greater_is_better):
+                    at.best, at.best_step, rec["best"], new_best = metrics[cfg.metric], at.step, True, True
+            new_best = bool(d.max([float(new_best)])[0])  # rank 0 evaluates; the others wait here
+        rec["elapsed"] = at.elapsed
+        record(rec)
+        shown = " | ".join(f"{k} {v:.4f}" for k, v in rec.items()
+                           if k not in ("step", "epoch", "elapsed", "best") and v is not None)
+        say(f"epoch {at.epoch + 1}/{plan.epochs} step {at.step}/{plan.total_steps} | {shown}"
+            f"{f' (best {cfg.metric} so far)' if new_best else ''} | train time "
+            f"{at.report_sums.seconds:.1f} s since the last report, {at.elapsed:.1f} s in all")
+        at.report_sums = _Sums()
+        if run:
+            run.plot(history)
+        return new_best
 
-    def _state(self) -> dict:
-        rngs = self.d.gather(_rng_state())
-        return {
-            "model": self.core.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler else {},
-            "rng": rngs,  # one per rank
-            "step": self.step, "epoch": self.epoch, "micro": self.micro, "world_size": self.d.world,
-            "elapsed": self.elapsed, "best": self.best, "best_step": self.best_step,
-            "log_sums": self.log_sums.to_dict(), "report_sums": self.report_sums.to_dict(),
-            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.cfg).items()},
-        }
-
-    def _save(self) -> None:
-        state = self._state()  # every rank takes part in gathering RNG states
-        if self.writer:
-            self.out.mkdir(parents=True, exist_ok=True)
-            save_state(self.out / STATE_FILE, state)
-            export_model(self.core, self.out / "last")
-        self.d.barrier()
-
-    def _load(self) -> None:
-        path = self.out / STATE_FILE if self.out else None
-        if path is None or not path.exists():
-            if self.d.rank == 0:
-                print(f"resume: no {STATE_FILE} in {self.out}, starting from scratch")
+    def save() -> None:
+        if run is None:
             return
-        s = load_state(path)
-        if s["world_size"] != self.d.world:
-            raise ValueError(f"{path}: saved with {s['world_size']} processes, resuming with {self.d.world}; "
-                             "the data position would not match")
-        self.core.load_state_dict(s["model"])
-        self.optimizer.load_state_dict(s["optimizer"])
-        self.scheduler.load_state_dict(s["scheduler"])
-        if self.scaler and s["scaler"]:
-            self.scaler.load_state_dict(s["scaler"])
-        _set_rng_state(s["rng"][self.d.rank])
-        self.step, self.epoch, self.micro = s["step"], s["epoch"], s["micro"]
-        self.elapsed, self.best, self.best_step = s["elapsed"], s["best"], s["best_step"]
-        self.log_sums, self.report_sums = _Sums(s["log_sums"]), _Sums(s["report_sums"])
-        # Records written after the saved step will be written again: drop them.
-        metrics = self.out / METRICS_FILE
-        if metrics.exists():
-            kept = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-            self.history = [r for r in kept if r["step"] <= self.step]
-            if self.writer:
-                metrics.write_text("".join(json.dumps(r) + "\n" for r in self.history))
-        if self.d.rank == 0:
-            print(f"resumed from {path}: step {self.step}, epoch {self.epoch + 1}, batch {self.micro}")
+        broken = _nonfinite(core)  # every rank holds the same weights, so every rank raises alike
+        if broken:
+            raise Diverged(f"step {at.step}: {broken[0]} (and {len(broken) - 1} more tensors) not finite; not saved, "
+                           f"{run.state_file} keeps the last good state")
+        state = {"model": core.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "scaler": scaler.state_dict() if scaler else {}, "rng": d.gather(_rng_state()),  # one per rank
+                 "run": plan.definition, **dataclasses.asdict(at)}
+        run.save(state, core, _best_info(cfg, at))
+        d.barrier()
 
-    # -- records -------------------------------------------------------------
+    def time_spent(seconds: float) -> bool:
+        return cfg.max_minutes is not None and seconds >= cfg.max_minutes * 60
 
-    def _record(self, rec: dict) -> None:
-        self.history.append(rec)
-        if self.writer:
-            self.out.mkdir(parents=True, exist_ok=True)
-            with open(self.out / METRICS_FILE, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-
-    def _log(self) -> None:
-        loss, steps, tokens, seconds = self.d.sum(
-            [self.log_sums.loss, self.log_sums.steps, self.log_sums.tokens, self.log_sums.seconds])
-        self._record({"step": self.step, "epoch": self.epoch + 1, "loss": loss / max(1, steps),
-                      "lr": self.scheduler.get_last_lr()[0], "grad_norm": self.grad_norm,
-                      "tokens_per_s": tokens / max(seconds / self.d.world, 1e-9), "elapsed": self.elapsed})
-        self.log_sums = _Sums()
-
-    def _report(self, bar) -> None:
-        """Train metrics since the last report, validation metrics, keep-best, printout."""
-        keys = sorted(self.report_sums.stats)
-        flat = [self.report_sums.loss, self.report_sums.steps] + [x for k in keys for x in self.report_sums.stats[k]]
-        flat = self.d.sum(flat)
-        sums = _Sums({"loss": flat[0] / self.d.world, "steps": flat[1] / self.d.world,
-                      "stats": {k: flat[2 + 2 * i: 4 + 2 * i] for i, k in enumerate(keys)}})
-        rec = {"step": self.step, "epoch": self.epoch + 1, **sums.summary("train_")}
-        if self.evaluate is not None:
-            if self.d.rank == 0:
-                self.core.eval()
-                with torch.no_grad(), _autocast(self.cfg, self.d.device):
-                    metrics = self.evaluate(self.core)
-                self.core.train()
-                rec.update({f"val_{k}": float(v) for k, v in metrics.items()})
-                self._keep_best(metrics, rec)
-            self.d.barrier()
-        rec["elapsed"] = self.elapsed
-        self._record(rec)
-        if self.d.rank == 0:
-            text = " | ".join(f"{k} {v:.4f}" for k, v in rec.items()
-                              if k not in ("step", "epoch", "elapsed", "best"))
-            text += f" (best {self.cfg.metric} so far)" if rec.get("best") else ""
-            (bar.write if bar is not None else print)(
-                f"epoch {self.epoch + 1}/{self.epochs} step {self.step}/{self.total_steps} | {text} | "
-                f"train time {self.report_sums.seconds:.1f} s since the last report, {self.elapsed:.1f} s in all")
-        self.report_sums = _Sums()
-        if self.writer:
-            plot_curves(self.history, self.out / PLOT_FILE)
-
-    def _keep_best(self, metrics: dict, rec: dict) -> None:
-        if not self.cfg.keep_best:
-            return
-        if self.cfg.metric not in metrics:
-            raise ValueError(f"metric {self.cfg.metric!r} is not among the evaluation results {sorted(metrics)}")
-        value = float(metrics[self.cfg.metric])
-        better = self.best is None or (value > self.best if self.cfg.greater_is_better else value < self.best)
-        if better:
-            self.best, self.best_step = value, self.step
-            rec["best"] = True
-            if self.writer:
-                export_model(self.core, self.out / "best")
-
-    # -- the loop ------------------------------------------------------------
-
-    def _micro_step(self, batch: dict, window: int, sync: bool) -> tuple[float, float, dict]:
-        tokens = _count_tokens(batch)  # before the copy: no device sync for a count
-        batch = _to_device(batch, self.d.device)
-        no_sync = self.model.no_sync if (self.d.group and not sync) else nullcontext
-        with no_sync():
-            with _autocast(self.cfg, self.d.device):
-                out = self.model(**batch)
-            loss = out["loss"] / window  # mean over the window's micro-batches
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
-        stats = {}
-        if self.batch_stats is not None:
-            with torch.no_grad():
-                stats = {k: (float(s), float(c)) for k, (s, c) in self.batch_stats(batch, out).items()}
-        return float(out["loss"].detach()), tokens, stats
-
-    def _optimizer_step(self) -> None:
-        if self.scaler:
-            self.scaler.unscale_(self.optimizer)
-        if self.cfg.max_grad_norm is not None:
-            self.grad_norm = float(nn.utils.clip_grad_norm_(self.core.parameters(), self.cfg.max_grad_norm))
-        else:
-            self.grad_norm = float(nn.utils.get_total_norm(
-                [p.grad for p in self.core.parameters() if p.grad is not None]))
-        if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-
-    def _time_up(self) -> bool:
-        # Ranks must agree, or one would wait forever in the next all-reduce.
-        up = self.elapsed >= self.cfg.max_minutes * 60
-        return bool(self.d.sum([float(up)])[0]) if self.d.world > 1 else up
-
-    def run(self, resume: bool) -> TrainResult:
-        cfg = self.cfg
-        if resume:
-            if self.out is None:
-                raise ValueError("resume needs out_dir: the state to resume from lives there")
-            self._load()
-        elif self.writer and (self.out / METRICS_FILE).exists():
-            (self.out / METRICS_FILE).unlink()  # a fresh run starts a fresh log
-        self.grad_norm = float("nan")
-        self.core.train()
-        bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
-                   disable=not (cfg.progress and self.d.rank == 0))
-        stopped = False
-        timed_out = cfg.max_minutes is not None and self._time_up()  # a resumed run whose time is spent
+    # -- the loop: one optimizer step per iteration
+    core.train()
+    bar = tqdm(total=plan.total_steps, initial=at.step, unit="step", dynamic_ncols=True,
+               disable=not (cfg.progress and d.rank == 0))
+    batch_iter = None
+    signum = 0
+    try:
         with _StopFlag() as stop:
-            while self.step < self.total_steps and not stopped and not timed_out:
-                if self.micro >= self.micro_per_epoch:  # resumed exactly at an epoch's end
-                    self.epoch, self.micro = self.epoch + 1, 0
-                self.batches.set_epoch(self.epoch)
-                it = _rank_batches(self.batches, self.micro, self.micro_per_epoch, self.d.rank, self.d.world)
-                if self.d.device.type == "cuda" and hasattr(self.batches, "__getitem__"):
-                    it = _prefetched(it)
-                while self.micro < self.micro_per_epoch and self.step < self.total_steps:
-                    t0 = time.perf_counter()
-                    window = min(cfg.grad_accum_steps, self.micro_per_epoch - self.micro)
-                    loss = tokens = 0.0
-                    stats: dict[str, list[float]] = {}
-                    for j in range(window):
-                        micro_loss, n, s = self._micro_step(next(it), window, sync=j == window - 1)
-                        loss, tokens = loss + micro_loss / window, tokens + n
-                        for k, (a, c) in s.items():
-                            acc = stats.setdefault(k, [0.0, 0.0])
-                            acc[0], acc[1] = acc[0] + a, acc[1] + c
-                    self._optimizer_step()
-                    self.micro += window
-                    dt = time.perf_counter() - t0
-                    self.elapsed += dt
-                    self.log_sums.add(loss, tokens, dt, stats)
-                    self.report_sums.add(loss, tokens, dt, stats)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
-                                    tok_s=f"{tokens * self.d.world / max(dt, 1e-9):.0f}", refresh=False)
-                    epoch_end = self.micro >= self.micro_per_epoch
-                    timed_out = cfg.max_minutes is not None and self._time_up()
-                    last = self.step >= self.total_steps or timed_out
-                    if self.step % cfg.log_every == 0 or last:
-                        self._log()
-                    if (cfg.eval_every and self.step % cfg.eval_every == 0) or (
-                            cfg.eval_every is None and epoch_end) or last:
-                        self._report(bar)
-                    if epoch_end and not last:  # position of the next batch to read
-                        self.epoch, self.micro = self.epoch + 1, 0
-                    stopped = bool(self.d.sum([float(stop.raised)])[0]) if self.d.world > 1 else stop.raised
-                    if ((cfg.save_every and self.step % cfg.save_every == 0)
-                            or (cfg.save_every is None and epoch_end) or last or stopped):
-                        self._save()
-                    if stopped:
-                        if self.d.rank == 0:
-                            bar.write(f"stopped by signal at step {self.step}; state saved, resume to continue")
-                        break
-                    if epoch_end or timed_out:
-                        break
-                if timed_out:
-                    if self.d.rank == 0:
-                        bar.write(f"time box of {cfg.max_minutes:g} min reached at step {self.step}; state saved")
+            while at.step < plan.total_steps and not time_spent(at.elapsed):
+                if batch_iter is None:  # start an epoch, or resume one at micro-batch `at.micro`
+                    batches.set_epoch(at.epoch)
+                    batch_iter = _epoch_batches(batches, at.micro, plan.micro_per_epoch, d)
+                t0 = time.perf_counter()
+                window = min(cfg.grad_accum_steps, plan.micro_per_epoch - at.micro)  # an epoch's last may be short
+                micro_batches = (next(batch_iter) for _ in range(window))  # read one at a time
+                loss, tokens, stats = _forward_backward(net, micro_batches, window, cfg.mixed_precision, scaler,
+                                                        batch_stats, d)
+                if scaler:
+                    scaler.unscale_(optimizer)
+                grad_norm = float(nn.utils.clip_grad_norm_(core.parameters(), cfg.max_grad_norm)
+                                  if cfg.max_grad_norm is not None else
+                                  nn.utils.get_total_norm([p.grad for p in core.parameters() if p.grad is not None]))
+                # fp16: the grad scaler itself skips steps whose gradients overflowed
+                bad = not math.isfinite(loss) or (scaler is None and not math.isfinite(grad_norm))
+                time_up = time_spent(at.elapsed + time.perf_counter() - t0)
+                bad, time_up = (int(x) for x in d.max([bad, time_up]))  # ranks decide alike
+                if bad:
+                    at.bad_steps += 1
+                    what = f"loss {loss:.4g}, gradient norm {grad_norm:.4g}"
+                    record({"step": at.step + 1, "epoch": at.epoch + 1, "bad_step": what, "bad_steps": at.bad_steps})
+                    if at.bad_steps > cfg.max_bad_steps:
+                        lr_now = optimizer.param_groups[0]["lr"]
+                        raise Diverged(f"training diverged at step {at.step + 1}: {what} at lr {lr_now:.3g}; nothing "
+                                       "from this step on was saved; lower the learning rate" + (
+                                           "" if cfg.max_bad_steps else " or let max_bad_steps skip a few such steps"))
+                    say(f"step {at.step + 1}: {what}: skipped without an update "
+                        f"({at.bad_steps} of max_bad_steps {cfg.max_bad_steps})")
+                    if scaler:
+                        scaler.update()
+                elif scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                at.step, at.micro = at.step + 1, at.micro + window
+                signum = int(d.max([stop.signum])[0])  # a signal during this step stops the run after it
+                dt = time.perf_counter() - t0
+                at.elapsed += dt
+                if not bad:
+                    at.log_sums.add(loss, tokens, dt, stats)
+                    at.report_sums.add(loss, tokens, dt, stats)
+                lr = scheduler.get_last_lr()[0]
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens * d.world / max(dt, 1e-9):.0f}",
+                                refresh=False)
+
+                epoch_end = at.micro == plan.micro_per_epoch
+                end = at.step == plan.total_steps or bool(time_up)  # log, evaluate and save where it ends
+                if (end or at.step % cfg.log_every == 0) and at.log_sums.steps:  # (skipped steps are not summed)
+                    sums = at.log_sums.all_ranks(d)
+                    record({"step": at.step, "epoch": at.epoch + 1, "loss": sums.summary("")["loss"], "lr": lr,
+                            "grad_norm": grad_norm, "tokens_per_s": sums.tokens / max(sums.seconds, 1e-9),
+                            "elapsed": at.elapsed})
+                    at.log_sums = _Sums()
+                new_best = False
+                if end or (cfg.eval_every and at.step % cfg.eval_every == 0) or (cfg.eval_every is None and epoch_end):
+                    new_best = report()
+                if epoch_end:  # the saved position is the next epoch's start
+                    at.epoch, at.micro = at.epoch + 1, 0
+                    batch_iter.close()
+                    batch_iter = None
+                if (end or signum or new_best or (cfg.save_every and at.step % cfg.save_every == 0)
+                        or (cfg.save_every is None and epoch_end)):
+                    save()
+                if signum or time_up:
+                    saved = "state saved" if run else "nothing saved (no out_dir)"
+                    say(f"stopped by {signal.Signals(signum).name} at step {at.step}; {saved}" if signum else
+                        f"time box of {cfg.max_minutes:g} min reached at step {at.step}; {saved}")
                     break
+    finally:
+        if batch_iter is not None:
+            batch_iter.close()
         bar.close()
-        if self.writer:
-            plot_curves(self.history, self.out / PLOT_FILE)
-        return TrainResult(step=self.step, history=self.history, best_metric=self.best,
-                           best_step=self.best_step, stopped=stopped)
+    if run:
+        run.plot(history, now=True)
+    return TrainResult(step=at.step, history=history, best_metric=at.best, best_step=at.best_step,
+                       stopped=signum or None)
 
 
-# ---------------------------------------------------------------------------- plots
+def _forward_backward(net: nn.Module, micro_batches: Iterable[dict], window: int, mixed_precision: str, scaler,
+                      batch_stats, d: _Dist) -> tuple[float, float, list[dict]]:
+    """Gradients of one step's `window` micro-batches, accumulated in .grad; returns (the step's loss:
+    the mean over its micro-batches, real tokens, batch_stats of each micro-batch)."""
+    loss, tokens, stats = 0.0, 0.0, []
+    for j, batch in enumerate(micro_batches):
+        tokens += _count_tokens(batch)  # before the copy: no device sync for a count
+        batch = _to_device(batch, d.device)
+        with net.no_sync() if d.group and j < window - 1 else nullcontext():  # DDP all-reduces on the last only
+            with _autocast(mixed_precision, d.device):
+                out = net(**batch)
+            (scaler.scale(out["loss"] / window) if scaler else out["loss"] / window).backward()
+        loss += float(out["loss"].detach()) / window
+        if batch_stats is not None:
+            with torch.no_grad():
+                stats.append({k: (float(s), float(c)) for k, (s, c) in batch_stats(batch, out).items()})
+    return loss, tokens, stats
 
 
-def plot_curves(history: list[dict], path: Path) -> None:
-    """One PNG: losses (train per logged step, validation per evaluation) on the left, every
-    other validation metric (accuracy, F1, ...) on the right, so each panel has one scale."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
-
-    logs = [r for r in history if "loss" in r]
-    val_keys = sorted({k for r in history for k in r if k.startswith("val_")})
-    loss_keys = [k for k in val_keys if "loss" in k]
-    metric_keys = [k for k in val_keys if "loss" not in k]
-    fig = Figure(figsize=(6 * (1 + bool(metric_keys)), 4))
-    FigureCanvasAgg(fig)
-
-    def curves(ax, keys: list[str], title: str) -> None:
-        for k in keys:
-            pts = [(r["step"], r[k]) for r in history if k in r]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=k)
-        ax.set_xlabel("step")
-        ax.set_title(title)
-        ax.legend()
-
-    ax = fig.add_subplot(1, 1 + bool(metric_keys), 1)
-    ax.plot([r["step"] for r in logs], [r["loss"] for r in logs], label="train loss")
-    curves(ax, loss_keys, "loss")
-    if metric_keys:
-        curves(fig.add_subplot(1, 2, 2), metric_keys, "validation metrics")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=80)
-    os.replace(tmp, path)
+def _epoch_batches(batches, start: int, stop: int, d: _Dist) -> Iterator[dict]:
+    """This rank's micro-batches start..stop-1 of the current epoch; built ahead in a thread for a GPU."""
+    it = _rank_batches(batches, start, stop, d.rank, d.world)
+    if d.device.type == "cuda" and hasattr(batches, "__getitem__"):
+        it = _prefetched(it)
+    return it

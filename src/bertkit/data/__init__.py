@@ -3,7 +3,7 @@
 
 from bertkit.data.corpus import CorpusStats, read_documents, split_sentences
 from bertkit.data.masking import MaskedBatches, Masker, MaskingConfig
-from bertkit.data.shards import PretrainingData, prepare
+from bertkit.data.shards import PretrainingData, PretrainingParts, open_prepared, prepare
 
 __all__ = ["CorpusStats", "read_documents", "split_sentences", "MaskedBatches", "Masker", "MaskingConfig",
-           "PretrainingData", "prepare"]
+           "PretrainingData", "PretrainingParts", "open_prepared", "prepare"]

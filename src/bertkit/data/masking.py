@@ -7,6 +7,9 @@ that is what makes resuming and multi-process training reproduce a single run.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,6 +134,14 @@ class MaskedBatches:
 
     def __len__(self) -> int:
         return len(self.order)
+
+    def fingerprint(self) -> str:
+        """What these batches are made of: the prepared data, which instances, the masking and the seed.
+        The engine refuses to resume a run on batches with another fingerprint."""
+        h = hashlib.sha1(self.data.fingerprint().encode())
+        h.update(np.asarray(self.indices, dtype=np.int64).tobytes())
+        h.update(json.dumps([dataclasses.asdict(self.masker.cfg), self.seed, self.shuffle]).encode())
+        return h.hexdigest()
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         """Batch i of this epoch, as collate would stack it (padding 0, int64), built as whole arrays."""

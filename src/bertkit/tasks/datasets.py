@@ -1,6 +1,8 @@
 """The built-in tasks: where each one's files are, how to read them, what to score.
 
-Paths are relative to a data directory laid out like /work/shared/data
+Each task is one row of the table below: its kind (classification, regression, token, qa;
+see kinds.py), its files, their reader, the metric that picks the best epoch, and the default
+recipe. Paths are relative to a data directory laid out like /work/shared/data
 (glue/<TASK>/, conll2003/, imdb/, squad_v1.1/). Two tasks have no train file
 here and are split from their dev file, always the same way:
 - QNLI: rows whose index % 5 == 0 are the evaluation split (1,093), the rest train (4,370).
@@ -12,12 +14,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 from bertkit.tasks import readers
+from bertkit.tasks.kinds import Classification, QuestionAnswering, Regression, TaskKind, TokenClassification
 from bertkit.tasks.metrics import iob1_to_iob2
 
 # CoNLL-2003 is tagged IOB1; the model learns IOB2 (every entity starts with B-),
@@ -26,23 +29,40 @@ NER_TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC",
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """A task's default fine-tuning settings: what a FinetuneConfig field left None becomes."""
+
+    epochs: int = 3
+    lr: float = 5e-5
+    batch_size: int = 32
+    max_length: int = 128
+    doc_stride: int | None = None  # QA only: context tokens shared by consecutive windows
+    warmup: float = 0.1  # fraction of the steps
+    weight_decay: float = 0.01
+
+
+@dataclass(frozen=True)
 class Task:
     name: str
-    kind: str  # "classification" | "regression" | "token" | "qa"
-    metric: str  # the score that picks the best epoch (higher is better)
-    files: dict[str, str]  # split -> path under the data directory
-    read: Callable[[Path], list]  # path -> examples
-    labels: tuple[str, ...] | None = None  # label names in class-id order (config.json id2label)
-    max_length: int = 128
-    # Long inputs keep their head and tail (IMDB reviews: Sun et al. 2019, "How to
-    # fine-tune BERT for text classification", best was first 128 + last 382 tokens).
-    head_tail: tuple[int, int] | None = None
+    kind: TaskKind  # head, features, predictions, scores (and the label names)
+    files: dict[str, str]  # split -> path under the data directory (absolute for a user's files)
+    read: Callable[[Path, str], list]  # (path, split) -> examples
+    recipe: Recipe = Recipe()
+    metric: str | None = None  # the score that picks the best epoch (higher is better); None: the kind's
+
+    def __post_init__(self) -> None:
+        if self.metric is None:
+            object.__setattr__(self, "metric", self.kind.metric)
+
+    @property
+    def labels(self) -> tuple[str, ...] | None:
+        return self.kind.labels
 
     def examples(self, split: str, data_dir: str | Path | None = None) -> list:
         if split not in self.files:
-            raise ValueError(f"task {self.name} has no {split!r} split (has {sorted(self.files)})")
-        path = Path(self.files[split])  # absolute for a user's files
-        return self.read(path if path.is_absolute() else resolve_data_dir(data_dir) / path, split=split)
+            raise ValueError(f"task {self.name} has no {split!r} split (has {', '.join(sorted(self.files))})")
+        path = Path(self.files[split])
+        return self.read(path if path.is_absolute() else resolve_data_dir(data_dir) / path, split)
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
@@ -87,41 +107,78 @@ def _conll(path, split):
 
 _BINARY = ("0", "1")
 
+# The built-in tasks and their default recipes (AdamW, 10% warmup then linear decay, weight decay 0.01).
 TASKS: dict[str, Task] = {t.name: t for t in [
-    Task("sst2", "classification", "accuracy",
+    Task("sst2", Classification(("negative", "positive")),
          {"train": "glue/SST-2/train.tsv", "dev": "glue/SST-2/dev.tsv"},
          partial(_table, text_column="sentence", label_column="label", labels=_BINARY),
-         labels=("negative", "positive")),
-    Task("cola", "classification", "mcc",
+         Recipe(epochs=3, lr=5e-5)),
+    Task("cola", Classification(("unacceptable", "acceptable")),
          {"train": "glue/CoLA/train.tsv", "dev": "glue/CoLA/dev.tsv"},
          partial(_table, text_column=3, label_column=1, labels=_BINARY, header=False),
-         labels=("unacceptable", "acceptable")),
-    Task("rte", "classification", "accuracy",
+         Recipe(epochs=5, lr=5e-5), metric="mcc"),
+    Task("rte", Classification(("entailment", "not_entailment")),
          {"train": "glue/RTE/train.tsv", "dev": "glue/RTE/dev.tsv"},
          partial(_table, text_column="sentence1", text_pair_column="sentence2", label_column="label",
                  labels=("entailment", "not_entailment")),
-         labels=("entailment", "not_entailment")),
-    Task("mrpc", "classification", "f1",
+         Recipe(epochs=5, lr=5e-5, batch_size=16)),
+    Task("mrpc", Classification(("not_equivalent", "equivalent")),
          {"train": "glue/MRPC/train.tsv", "dev": "glue/MRPC/dev.tsv"},
          partial(_table, text_column="#1 String", text_pair_column="#2 String", label_column="Quality",
                  labels=_BINARY),
-         labels=("not_equivalent", "equivalent")),
-    Task("qnli", "classification", "accuracy",
+         Recipe(epochs=3, lr=1e-4), metric="f1"),
+    Task("qnli", Classification(("entailment", "not_entailment")),
          {"train": "glue/QNLI/dev.tsv", "dev": "glue/QNLI/dev.tsv"}, _qnli,
-         labels=("entailment", "not_entailment")),
-    Task("stsb", "regression", "spearman",
+         Recipe(epochs=3, lr=1e-4)),
+    Task("stsb", Regression(),
          {"train": "glue/STS-B/train.tsv", "dev": "glue/STS-B/dev.tsv"},
          partial(_table, text_column="sentence1", text_pair_column="sentence2", label_column="score",
-                 labels=None)),
-    Task("imdb", "classification", "accuracy",
+                 labels=None),
+         Recipe(epochs=3, lr=1e-4)),
+    Task("imdb", Classification(("neg", "pos"), head_tail=(128, 382)),
          {"train": "imdb/train.jsonl", "dev": "imdb/test.jsonl"},
          lambda path, split: readers.read_jsonl(path, labels=_BINARY),
-         labels=("neg", "pos"), max_length=512, head_tail=(128, 382)),
-    Task("conll2003", "token", "f1",
+         Recipe(epochs=1, lr=1e-4, max_length=256)),
+    Task("conll2003", TokenClassification(NER_TAGS),
          {"train": "conll2003/eng.train.txt", "dev": "conll2003/eng.testa.txt",
-          "test": "conll2003/eng.testb.txt"}, _conll, labels=NER_TAGS,
-         max_length=192),  # the longest sentence is 164 pieces: nothing is cut
-    Task("squad", "qa", "f1",
+          "test": "conll2003/eng.testb.txt"}, _conll,
+         Recipe(epochs=4, lr=1e-4, max_length=192)),  # the longest sentence is 164 pieces: nothing is cut
+    Task("squad", QuestionAnswering(),
          {"train": "squad_v1.1/dev-v1.1.json", "dev": "squad_v1.1/dev-v1.1.json"}, _squad,
-         max_length=384),
+         Recipe(epochs=2, lr=1e-4, max_length=384, doc_stride=128)),
 ]}
+USER_FILES_RECIPE = Recipe(epochs=3, lr=5e-5)
+
+
+# ---------------------------------------------------------------------------- tasks from user files
+
+
+def user_task(train_file: str | Path | None, dev_file: str | Path | None = None, *, text_column: str = "text",
+              text_pair_column: str | None = None, label_column: str = "label", regression: bool = False,
+              labels: Sequence[str] | None = None) -> Task:
+    """A classification or regression task over your own CSV, TSV or JSON-lines files.
+
+    The label set is `labels` when given, else every label text in train_file, sorted.
+    """
+    def read(path: Path, split: str, labels=labels):
+        kw = dict(text_column=text_column, text_pair_column=text_pair_column, label_column=label_column,
+                  labels=None if regression else labels)
+        return (readers.read_jsonl(path, **kw) if Path(path).suffix in (".jsonl", ".json")
+                else readers.read_table(path, **kw))
+
+    if not regression and labels is None:
+        if train_file is None:
+            raise ValueError("your own files need a label set: give --labels, or a train file to learn it from")
+        raw = read(Path(train_file), "train", labels=readers.RAW)
+        labels = tuple(sorted({ex.label for ex in raw}))
+    files = {k: str(Path(v).resolve()) for k, v in (("train", train_file), ("dev", dev_file)) if v is not None}
+    kind = Regression() if regression else Classification(labels)
+    return Task("custom", kind, files, partial(read, labels=labels), USER_FILES_RECIPE)
+
+
+def get_task(name: str) -> Task:
+    """A built-in task by name (case and dashes ignored: SST-2 is sst2)."""
+    key = name.lower().replace("-", "")
+    if key not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose from {', '.join(TASKS)}")
+    return TASKS[key]

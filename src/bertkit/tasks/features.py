@@ -18,8 +18,9 @@ def _feature(ids: list[int], types: list[int] | None = None) -> dict:
 
 
 def text_features(examples: Sequence[TextExample], tokenizer, max_length: int = 128,
-                  head_tail: tuple[int, int] | None = None) -> list[dict]:
-    """Single sentences or pairs (segment ids 0/1), truncated longest-first to max_length.
+                  head_tail: tuple[int, int] | None = None) -> tuple[list[dict], list[bool]]:
+    """Single sentences or pairs (segment ids 0/1), truncated longest-first to max_length ->
+    (features, whether each example was cut).
 
     With `head_tail=(h, t)` a single text longer than max_length keeps its
     first h and last t word pieces (h + t + 2 == max_length): the start and the
@@ -27,21 +28,25 @@ def text_features(examples: Sequence[TextExample], tokenizer, max_length: int = 
     """
     if head_tail is not None and sum(head_tail) + 2 != max_length:
         raise ValueError(f"head_tail {head_tail} must add up to max_length - 2 = {max_length - 2}")
-    features = []
+    features, cut = [], []
     for ex in examples:
         if head_tail is not None and ex.text_pair is None:
             ids = tokenizer.encode(ex.text, truncation=False).input_ids  # cut below
-            if len(ids) > max_length:
+            cut.append(len(ids) > max_length)
+            if cut[-1]:
                 body = ids[1:-1]
                 ids = ids[:1] + body[:head_tail[0]] + body[len(body) - head_tail[1]:] + ids[-1:]
             f = _feature(ids)
         else:
-            enc = tokenizer.encode(ex.text, ex.text_pair, max_length=max_length, truncation="longest_first")
+            # The cut-off tokens come back as one overflowing window: that says the input was cut.
+            enc = tokenizer.encode(ex.text, ex.text_pair, max_length=max_length, truncation="longest_first",
+                                   return_offsets=False, return_overflowing=True)
+            cut.append(bool(enc.overflowing))
             f = _feature(list(enc.input_ids), list(enc.token_type_ids))
         if ex.label is not None:
             f["labels"] = ex.label
         features.append(f)
-    return features
+    return features, cut
 
 
 def token_features(examples: Sequence[TokenExample], tokenizer, labels: Sequence[str],

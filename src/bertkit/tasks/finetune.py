@@ -1,239 +1,238 @@
-"""Glue between a task and the engine: finetune, evaluate, predict.
+"""Fine-tuning glue: finetune, evaluate, predict.
 
-finetune: reader -> features -> head (from a pre-trained checkpoint) ->
-`bertkit.train.train` with this task's evaluate and train-accuracy functions.
-The engine keeps the best epoch in out_dir/best (Hugging Face layout, label
-names in config.json's id2label, task name in `finetuning_task`); evaluate and
-predict load such a directory.
+finetune: FinetuneConfig -> task (datasets.py) -> examples -> features (the task's kind) ->
+its head on a pre-trained checkpoint -> the training engine (`bertkit.train.train`) with the
+kind's evaluation and train statistics. The engine keeps the best epoch in output/best and
+the latest in output/last (Hugging Face layout; config.json carries the label names, the task
+and the input length, so evaluate and predict see inputs as training saw them).
+
+A run can be continued: output/finetune.json holds the settings that define it (with a
+fingerprint of its data; "status" is running until the run finishes or is stopped by a signal)
+and output/state.pt the engine's state; `resume` compares the settings and refuses a run that
+would not be the same one.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import hashlib
 import json
+import math
+import os
 import random
-import sys
 import time
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from bertkit.batching import Batches, collate, length_batches
+from bertkit import io
+from bertkit.batching import Batches
 from bertkit.config import BertConfig
-from bertkit.heads import BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification
 from bertkit.hub import resolve
-from bertkit.tasks import metrics, readers
-from bertkit.tasks.datasets import TASKS, Task
-from bertkit.tasks.features import text_features, token_features, word_tags
-from bertkit.tasks.qa import best_spans, qa_features
+from bertkit.runs import STATE_FILE
+from bertkit.tasks.datasets import Task, get_task, user_task
+from bertkit.tasks.kinds import Prepared, TaskKind
+from bertkit.tasks.predictor import Predictor, forward
+from bertkit.tasks.settings import FinetuneConfig
 from bertkit.tokenizer import Tokenizer
 from bertkit.train import TrainConfig, train
 
-HEADS = {"classification": BertForSequenceClassification, "regression": BertForSequenceClassification,
-         "token": BertForTokenClassification, "qa": BertForQuestionAnswering}
 SUMMARY_FILE = "finetune.json"
+# Settings that may change when a run is resumed: where and how it runs, not what it computes.
+# (Files may move: their contents are compared through the data fingerprints.)
+RESUMABLE_CHANGES = {"output", "resume", "progress", "device", "mixed_precision", "data_dir", "train_file",
+                     "dev_file"}
 
 
-# ---------------------------------------------------------------------------- tasks from user files
+# ---------------------------------------------------------------------------- data
 
 
-def custom_task(train_file: str | Path | None, dev_file: str | Path | None = None, *, text_column: str = "text",
-                text_pair_column: str | None = None, label_column: str = "label", regression: bool = False,
-                labels: Sequence[str] | None = None) -> Task:
-    """A classification/regression task over the user's CSV, TSV or JSON-lines files.
-
-    The label set is `labels` when given, else every label text in train_file, sorted.
-    """
-    def read(path: Path, split: str, labels=labels):
-        kw = dict(text_column=text_column, text_pair_column=text_pair_column, label_column=label_column,
-                  labels=None if regression else labels)
-        return (readers.read_jsonl(path, **kw) if Path(path).suffix in (".jsonl", ".json")
-                else readers.read_table(path, **kw))
-
-    if not regression and labels is None:
-        if train_file is None:
-            raise ValueError("a user task needs --labels or a train file to learn its label set from")
-        raw = read(Path(train_file), "train", labels=readers.RAW)
-        labels = tuple(sorted({ex.label for ex in raw}))
-    files = {k: str(Path(v).resolve()) for k, v in (("train", train_file), ("dev", dev_file)) if v is not None}
-    return Task("custom", "regression" if regression else "classification", "spearman" if regression else "accuracy",
-                files, partial(read, labels=labels), labels=None if regression else tuple(labels))
-
-
-def get_task(task: str | Task | None, **custom) -> Task:
-    if isinstance(task, Task):
-        return task
-    if task in (None, "custom"):
-        if task is None and not (custom.get("train_file") or custom.get("dev_file")):
-            raise ValueError(f"give --task (one of {', '.join(TASKS)}) or your own --train-file/--dev-file")
-        return custom_task(**custom)
-    key = task.lower().replace("-", "")
-    if key not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)} or give --train-file")
-    return TASKS[key]
-
-
-def _limit(examples: list, n: int | None, seed: int) -> list:
-    """A fixed random subset (files like IMDB are sorted by label: the first n would be one class)."""
+def subset(examples: list, n: int | None, seed: int) -> list:
+    """A fixed random subset of n examples, in file order (files like IMDB are sorted by label:
+    the first n would be one class)."""
     if n is None or n >= len(examples):
         return examples
     keep = sorted(random.Random(seed).sample(range(len(examples)), n))
     return [examples[i] for i in keep]
 
 
-# ---------------------------------------------------------------------------- features and scores
+def task_of(cfg: FinetuneConfig) -> Task:
+    if cfg.task is not None:
+        return get_task(cfg.task)
+    if cfg.train_file is None:
+        raise ValueError("give a built-in task (--task sst2, ...) or your own --train-file")
+    return user_task(cfg.train_file, cfg.dev_file, text_column=cfg.text_column,
+                     text_pair_column=cfg.text_pair_column, label_column=cfg.label_column,
+                     regression=cfg.regression, labels=cfg.labels)
 
 
-class Prepared:
-    """A task's examples turned into features, plus what scoring needs to map outputs back."""
-
-    def __init__(self, task: Task, examples: list, tokenizer: Tokenizer, max_length: int | None = None):
-        self.task, self.examples = task, examples
-        length = max_length or task.max_length
-        if task.kind in ("classification", "regression"):
-            head_tail = task.head_tail
-            if head_tail and length != task.max_length:  # keep the head:tail proportion
-                head = round(head_tail[0] * (length - 2) / sum(head_tail))
-                head_tail = (head, length - 2 - head)
-            self.features = text_features(examples, tokenizer, length, head_tail)
-        elif task.kind == "token":
-            self.features, self.word_starts, truncated = token_features(examples, tokenizer, task.labels, length)
-            if truncated:
-                print(f"{task.name}: {truncated} words past {length} tokens are predicted as 'O'", file=sys.stderr)
-        else:
-            self.features, self.windows = qa_features(examples, tokenizer, length)
-
-    def outputs(self, model: torch.nn.Module, batch_size: int = 64) -> tuple[list[dict], float | None]:
-        """Per-feature numpy outputs in feature order, and the mean loss when labels are present."""
-        per_feature: list[dict] = [{}] * len(self.features)
-        loss_sum, n = 0.0, 0
-        for idx in length_batches([len(f["input_ids"]) for f in self.features], batch_size):
-            batch = collate([self.features[i] for i in idx])
-            with torch.no_grad():
-                out = model(**batch)
-            if "loss" in out:
-                loss_sum, n = loss_sum + float(out["loss"]) * len(idx), n + len(idx)
-            keys = ("start_logits", "end_logits") if self.task.kind == "qa" else ("logits",)
-            arrays = {k: out[k].float().numpy() for k in keys}
-            for row, i in enumerate(idx):
-                per_feature[i] = {k: a[row] for k, a in arrays.items()}
-        return per_feature, (loss_sum / n if n else None)
-
-    def predictions(self, outs: list[dict]) -> list:
-        """Outputs -> one prediction per example (class id, score, word tags, or answer span)."""
-        kind = self.task.kind
-        if kind == "classification":
-            return [int(o["logits"].argmax()) for o in outs]
-        if kind == "regression":
-            return [float(o["logits"][0]) for o in outs]
-        if kind == "token":
-            return [word_tags(o["logits"].argmax(-1), starts, len(ex.words), self.task.labels)
-                    for o, starts, ex in zip(outs, self.word_starts, self.examples)]
-        return best_spans(self.examples, self.windows, [o["start_logits"] for o in outs],
-                          [o["end_logits"] for o in outs])
-
-    def scores(self, preds: list) -> dict[str, float]:
-        kind, exs = self.task.kind, self.examples
-        if kind == "classification":
-            gold = [ex.label for ex in exs]
-            out = {"accuracy": metrics.accuracy(preds, gold)}
-            if len(self.task.labels) == 2:
-                out["f1"] = metrics.f1_binary(preds, gold)
-                out["mcc"] = metrics.matthews_corrcoef(preds, gold)
-            return out
-        if kind == "regression":
-            gold = [ex.label for ex in exs]
-            return {"pearson": metrics.pearson(preds, gold), "spearman": metrics.spearman(preds, gold)}
-        if kind == "token":
-            return metrics.entity_scores(preds, [ex.tags for ex in exs])
-        return metrics.squad_scores({ex.qid: p["answer"] for ex, p in zip(exs, preds)},
-                                    {ex.qid: ex.answers for ex in exs})
-
-    def evaluate(self, model: torch.nn.Module, batch_size: int = 64) -> dict[str, float]:
-        outs, loss = self.outputs(model, batch_size)
-        result = self.scores(self.predictions(outs))
-        if loss is not None:
-            result["loss"] = loss
-        return result
+def split_examples(task: Task, cfg: FinetuneConfig) -> tuple[list, list]:
+    """(train, dev) examples: the task's splits, or train and a held-out fraction of it (dev_split)."""
+    train_ex = task.examples("train", cfg.data_dir)
+    if "dev" in task.files:
+        dev_ex = task.examples("dev", cfg.data_dir)
+    elif cfg.dev_split is None:
+        raise ValueError("your own files need a --dev-file (or --dev-split) to pick the best epoch")
+    else:
+        held = set(random.Random(cfg.seed).sample(range(len(train_ex)), max(1, round(cfg.dev_split * len(train_ex)))))
+        if len(held) == len(train_ex):
+            raise ValueError(f"dev_split {cfg.dev_split} of {len(train_ex)} examples leaves none to train on")
+        dev_ex = [ex for i, ex in enumerate(train_ex) if i in held]
+        train_ex = [ex for i, ex in enumerate(train_ex) if i not in held]
+    return subset(train_ex, cfg.max_train_examples, cfg.seed), subset(dev_ex, cfg.max_eval_examples, cfg.seed)
 
 
-def train_stats(kind: str, batch: dict, out: dict) -> dict[str, tuple[float, float]]:
-    """Train accuracy from the logits the training step computed anyway (engine's batch_stats)."""
-    if kind == "classification":
-        return {"accuracy": ((out["logits"].argmax(-1) == batch["labels"]).sum(), len(batch["labels"]))}
-    if kind == "token":
-        mask = batch["labels"] != -100
-        return {"accuracy": ((out["logits"].argmax(-1) == batch["labels"])[mask].sum(), mask.sum())}
-    if kind == "qa":
-        hit = (out["start_logits"].argmax(-1) == batch["start_positions"]) & (
-            out["end_logits"].argmax(-1) == batch["end_positions"])
-        return {"span_accuracy": (hit.sum(), len(hit))}
-    return {}
+def fingerprint(prepared: Sequence[Prepared]) -> str:
+    """A short hash of model inputs and labels: equal for the same data, whatever its path."""
+    h = hashlib.sha256()
+    for p in prepared:
+        for f in p.features:
+            h.update(json.dumps(f, sort_keys=True).encode())
+    return h.hexdigest()[:16]
 
 
-# ---------------------------------------------------------------------------- the three commands
+def score(model: torch.nn.Module, kind: TaskKind, prepared: Sequence[Prepared], batch_size: int = 64) -> dict:
+    """The kind's scores (and the mean loss) of `model` on labelled prepared examples."""
+    outputs, loss = forward(model, prepared, kind.output_names, batch_size)
+    result = kind.scores(kind.predictions(outputs, prepared), [p.example for p in prepared])
+    if loss is not None:
+        result["loss"] = loss
+    return result
 
 
-def finetune(task: str | Task | None, model: str | Path, out_dir: str | Path, *, epochs: int = 3, lr: float = 2e-5,
-             batch_size: int = 32, warmup: float = 0.1, bf16: bool = False, freeze_encoder: bool = False,
-             max_train_examples: int | None = None, max_eval_examples: int | None = None,
-             max_length: int | None = None, seed: int = 42, data_dir: str | Path | None = None,
-             train_file: str | Path | None = None, dev_file: str | Path | None = None,
-             text_column: str = "text", text_pair_column: str | None = None, label_column: str = "label",
-             regression: bool = False, labels: Sequence[str] | None = None, weight_decay: float = 0.01,
-             progress: bool = True) -> dict:
-    """Fine-tune `model` on `task`; the best epoch (by the task's metric on dev) lands in out_dir/best.
+# ---------------------------------------------------------------------------- the run folder
 
-    freeze_encoder trains only the pooler and the head on frozen BERT features (the feature-based
-    alternative of the BERT paper, section 5.3); it wants a larger lr (e.g. 1e-3).
-    Returns the summary also written to out_dir/finetune.json.
-    """
-    t = get_task(task, train_file=train_file, dev_file=dev_file, text_column=text_column,
-                 text_pair_column=text_pair_column, label_column=label_column, regression=regression, labels=labels)
-    if t.name == "custom" and dev_file is None:
-        raise ValueError("a user task needs --dev-file to pick the best epoch")
-    model_dir = resolve(model)
-    tokenizer = Tokenizer.from_pretrained(model_dir)
-    t0 = time.perf_counter()
-    train_ex = _limit(t.examples("train", data_dir), max_train_examples, seed)
-    dev_ex = _limit(t.examples("dev", data_dir), max_eval_examples, seed)
-    train_set = Prepared(t, train_ex, tokenizer, max_length)
-    dev_set = Prepared(t, dev_ex, tokenizer, max_length)
-    prep_seconds = time.perf_counter() - t0
 
-    head = HEADS[t.kind]
-    overrides: dict = {}
-    if t.kind == "regression":
-        overrides = dict(num_labels=1, problem_type="regression")
-    elif t.labels is not None:
-        overrides = dict(id2label=dict(enumerate(t.labels)), label2id={n: i for i, n in enumerate(t.labels)})
+def _resolve_settings(cfg: FinetuneConfig, task: Task, positions: int) -> FinetuneConfig:
+    """cfg with every recipe field filled in (the task's default where cfg left None)."""
+    recipe = {k: v for k, v in dataclasses.asdict(task.recipe).items() if getattr(cfg, k) is None}
+    cfg = dataclasses.replace(cfg, **recipe)
+    if cfg.max_length > positions:
+        raise ValueError(f"max_length {cfg.max_length} is more than the model's {positions} positions")
+    if cfg.doc_stride is not None:
+        if task.recipe.doc_stride is None:
+            raise ValueError(f"doc_stride: task {task.name} has no windows over long contexts (QA has)")
+        if cfg.doc_stride >= cfg.max_length // 2:
+            raise ValueError(f"doc_stride {cfg.doc_stride} must be less than half of max_length {cfg.max_length}")
+    if cfg.mixed_precision == "fp16" and not (cfg.device.startswith("cuda") or
+                                              (cfg.device == "auto" and torch.cuda.is_available())):
+        raise ValueError("mixed_precision fp16 needs a CUDA device (use bf16 on the CPU)")
+    return cfg
+
+
+def _open_output(out: Path, resume: bool | str) -> bool:
+    """Check the output folder before any work; returns whether to resume the run in it."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: output is a file, not a folder")
+    has_state = (out / STATE_FILE).is_file()
+    if resume is True and not has_state:
+        raise ValueError(f"{out}: no fine-tuning state to resume (no {STATE_FILE}: the first is saved at the end "
+                         "of the first epoch); run without --resume to start")
+    if resume is False and has_state:
+        raise ValueError(f"{out}: holds a fine-tuning run already; continue it with --resume, or choose another "
+                         "--output to start a new one")
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):
+        raise PermissionError(errno.EACCES, "output folder is not writable", str(out))
+    return has_state
+
+
+def _check_resume(out: Path, settings: dict) -> None:
+    """Refuse to continue a run whose defining settings (batch size, schedule, data ...) changed."""
+    path = out / SUMMARY_FILE
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ValueError(f"{path}: missing or unreadable: cannot check that the run to resume is this one") from None
+    changed = [f"{k} was {saved.get(k)!r}, now {v!r}" for k, v in settings.items()
+               if k not in RESUMABLE_CHANGES and saved.get(k) != v]
+    if changed:
+        raise ValueError(f"cannot resume {out}: the run's settings changed: {'; '.join(changed)}")
+
+
+def _finite(x):
+    """x with every non-finite float replaced by None (strict JSON has no NaN)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def _train_config(cfg: FinetuneConfig, metric: str) -> TrainConfig:
+    options = dict(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps, warmup=cfg.warmup,
+                   weight_decay=cfg.weight_decay, grad_accum_steps=cfg.grad_accum, seed=cfg.seed,
+                   device=cfg.device, out_dir=cfg.output, metric=metric, greater_is_better=True,
+                   progress=cfg.progress, mixed_precision=cfg.mixed_precision)
+    return TrainConfig(**options)
+
+
+def _head(task: Task, model_dir: Path, cfg: FinetuneConfig) -> torch.nn.Module:
+    """The task's head on the checkpoint; the label names, task and input length go into its config."""
     config = BertConfig.from_json(model_dir / "config.json")
-    if freeze_encoder:  # fixed features: no dropout inside the frozen encoder, the head keeps its own
+    overrides = task.kind.config_overrides()
+    if cfg.freeze_encoder:  # fixed features: no dropout inside the frozen encoder, the head keeps its own
         overrides.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                          classifier_dropout=config.classifier_dropout if config.classifier_dropout is not None
                          else config.hidden_dropout_prob)
-    # The task and input length travel with the model, so evaluate/predict see what training saw.
-    config = config.replace(**overrides, extra={**config.extra, "finetuning_task": t.name,
-                                                "finetuning_max_length": max_length or t.max_length})
-    torch.manual_seed(seed)  # the new head's initial weights
-    net = head.from_pretrained(model_dir, config=config)
-    if freeze_encoder:
+    extra = {**config.extra, "finetuning_task": task.name, **task.kind.config_extra(cfg.max_length, cfg.doc_stride)}
+    torch.manual_seed(cfg.seed)  # the new head's initial weights
+    net = task.kind.head.from_pretrained(model_dir, config=config.replace(**overrides, extra=extra))
+    if cfg.freeze_encoder:
         # Embeddings and Transformer layers stay fixed. The pooler (dense + tanh on [CLS]) trains with
         # the classifier, a small MLP over the frozen features: models trained without NSP (such as
         # sentence-transformers' all-MiniLM-L6-v2) carry a pooler that was never trained.
         for name, p in net.bert.named_parameters():
             p.requires_grad_(name.startswith("pooler."))
+    return net
 
-    out_dir = Path(out_dir)
-    cfg = TrainConfig(lr=lr, epochs=epochs, warmup=warmup, weight_decay=weight_decay, seed=seed,
-                      dtype="bf16" if bf16 else "fp32", out_dir=str(out_dir), metric=t.metric,
-                      greater_is_better=True, progress=progress)
-    batches = Batches(train_set.features, batch_size, shuffle=True, seed=seed)
-    result = train(net, batches, cfg, dev_set.evaluate, batch_stats=partial(train_stats, t.kind))
 
-    # One row per epoch: the engine's end-of-epoch records, with the epoch's own train time.
+# ---------------------------------------------------------------------------- the three functions
+
+
+def finetune(cfg: FinetuneConfig | None = None, **settings) -> dict:
+    """Fine-tune cfg.model on cfg.task (or your files) -> the run's summary, also in output/finetune.json.
+
+        finetune(FinetuneConfig(task="rte", output="runs/rte"))
+        finetune(task="rte", output="runs/rte", lr=3e-5)       # the same, fields as keywords
+
+    The best epoch (by the task's metric on dev) lands in output/best. The summary has
+    "status": "finished", or "stopped" (with "signal") when SIGTERM/SIGINT ended the run early:
+    its state is saved, and resume=True continues it exactly where it stopped.
+    """
+    cfg = dataclasses.replace(cfg or FinetuneConfig(), **settings)
+    task = task_of(cfg)
+    model_dir = resolve(cfg.model)
+    positions = BertConfig.from_json(model_dir / "config.json").max_position_embeddings
+    cfg = _resolve_settings(cfg, task, positions)
+    out = Path(cfg.output)
+    resuming = _open_output(out, cfg.resume)
+    settings = {**dataclasses.asdict(cfg), "task": task.name, "labels": list(task.labels) if task.labels else None}
+    if resuming:
+        _check_resume(out, settings)
+
+    tokenizer = Tokenizer.from_pretrained(model_dir)
+    t0 = time.perf_counter()
+    train_ex, dev_ex = split_examples(task, cfg)
+    train_set = task.kind.features(train_ex, tokenizer, cfg.max_length, cfg.doc_stride)
+    dev_set = task.kind.features(dev_ex, tokenizer, cfg.max_length, cfg.doc_stride)
+    prep_seconds = time.perf_counter() - t0
+    settings.update(train_data=fingerprint(train_set), dev_data=fingerprint(dev_set))
+    if resuming:
+        _check_resume(out, settings)
+    else:
+        io.write_json(out / SUMMARY_FILE, {"status": "running", "settings": settings})
+
+    net = _head(task, model_dir, cfg)
+    batches = Batches([f for p in train_set for f in p.features], cfg.batch_size, shuffle=True, seed=cfg.seed)
+    result = train(net, batches, _train_config(cfg, task.metric), lambda model: score(model, task.kind, dev_set),
+                   batch_stats=task.kind.train_stats, resume=resuming)
+
+    # One row per evaluation (the end of each epoch): the engine's records, with the epoch's own train time.
     rows, last_elapsed = [], 0.0
     for rec in result.history:
         if any(k.startswith("val_") for k in rec):
@@ -242,90 +241,58 @@ def finetune(task: str | Task | None, model: str | Path, out_dir: str | Path, *,
             last_elapsed = rec["elapsed"]
             rows.append(row)
     summary = {
-        "task": t.name, "model": str(model), "metric": t.metric, "best": result.best_metric,
-        "best_step": result.best_step, "best_dir": str(out_dir / "best"), "epochs": rows,
-        "train_examples": len(train_ex), "train_features": len(train_set.features), "dev_examples": len(dev_ex),
-        "prep_seconds": prep_seconds, "train_seconds": last_elapsed,
-        "settings": dict(epochs=epochs, lr=lr, batch_size=batch_size, warmup=warmup, bf16=bf16, seed=seed,
-                         freeze_encoder=freeze_encoder, max_length=max_length or t.max_length,
-                         weight_decay=weight_decay),
+        "status": "stopped" if result.stopped else "finished", "signal": result.stopped,
+        "step": result.step, "task": task.name, "model": cfg.model, "metric": task.metric,
+        "best": result.best_metric, "best_step": result.best_step, "best_dir": str(out / "best"), "epochs": rows,
+        "train_examples": len(train_ex), "train_features": len(batches.features), "dev_examples": len(dev_ex),
+        "prep_seconds": prep_seconds, "train_seconds": last_elapsed, "settings": settings,
     }
-    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    summary = _finite(summary)
+    io.write_json(out / SUMMARY_FILE, summary)
     return summary
 
 
-def load_finetuned(model_dir: str | Path) -> tuple[torch.nn.Module, Tokenizer, Path]:
-    """A fine-tuned model directory (out_dir or out_dir/best) -> (model in eval mode, tokenizer, its path)."""
-    d = Path(model_dir)
-    if not (d / "config.json").exists() and (d / "best" / "config.json").exists():
-        d = d / "best"
-    config = BertConfig.from_json(resolve(d) / "config.json")
-    arch = (config.extra.get("architectures") or [""])[0]
-    heads = {h.__name__: h for h in HEADS.values()}
-    if arch not in heads:
-        raise ValueError(f"{d}/config.json: architecture {arch!r} is not a fine-tuned task head "
-                         f"({', '.join(heads)})")
-    return heads[arch].from_pretrained(d), Tokenizer.from_pretrained(d), d
+def evaluate(model: str | os.PathLike | Predictor, task: str | None = None, split: str = "dev", *,
+             data_dir: str | os.PathLike | None = None, dev_file: str | os.PathLike | None = None,
+             text_column: str | None = None, text_pair_column: str | None = None, label_column: str | None = None,
+             max_examples: int | None = None, batch_size: int = 64, max_length: int | None = None,
+             dtype: str = "fp32", device: str = "cpu", seed: int = 42) -> dict[str, float]:
+    """Scores of a fine-tuned model on a task's split -> {metric: value, ..., "loss"}.
 
-
-def _task_of(model: torch.nn.Module, task: str | Task | None, **custom) -> Task:
-    config = model.config
-    name = task or config.extra.get("finetuning_task")
-    if name in (None, "custom"):
-        labels = None if config.problem_type == "regression" else [config.id2label[i] for i in range(config.num_labels)]
-        return get_task("custom", train_file=None, regression=labels is None, labels=labels, **custom)
-    return get_task(name)
-
-
-def evaluate(model_dir: str | Path, task: str | Task | None = None, *, split: str = "dev",
-             data_dir: str | Path | None = None, max_examples: int | None = None, batch_size: int = 64,
-             max_length: int | None = None, seed: int = 42, **custom) -> dict[str, float]:
-    """Score a fine-tuned model on a task's split (task defaults to the one it was trained on)."""
-    model, tokenizer, _ = load_finetuned(model_dir)
-    t = _task_of(model, task, **custom)
-    max_length = max_length or model.config.extra.get("finetuning_max_length")
-    data = Prepared(t, _limit(t.examples(split, data_dir), max_examples, seed), tokenizer, max_length)
-    return data.evaluate(model, batch_size)
-
-
-def predict(model_dir: str | Path, inputs: Sequence[str | tuple[str, str]], *, batch_size: int = 64,
-            max_length: int | None = None) -> list[dict]:
-    """Predictions for raw inputs: texts or (text, pair) for classification, (question, context) for QA,
-    whitespace-split words for NER. Each result carries scores (softmax probabilities)."""
-    model, tokenizer, _ = load_finetuned(model_dir)
-    kind = {BertForQuestionAnswering: "qa", BertForTokenClassification: "token"}.get(type(model))
-    config = model.config
-    kind = kind or ("regression" if config.problem_type == "regression" or config.num_labels == 1 else "classification")
-    labels = None if kind in ("regression", "qa") else tuple(config.id2label[i] for i in range(config.num_labels))
-    t = Task("predict", kind, "", {}, lambda path, split: [], labels=labels,
-             max_length=config.extra.get("finetuning_max_length") or (384 if kind == "qa" else 128))
-    pairs = [x if isinstance(x, tuple) else (x, None) for x in inputs]
-    if kind == "qa":
-        if any(p[1] is None for p in pairs):
-            raise ValueError("question answering needs 'question<TAB>context' inputs")
-        examples = [readers.QAExample(str(i), q, c) for i, (q, c) in enumerate(pairs)]
-    elif kind == "token":
-        examples = [readers.TokenExample(text.split()) for text, _ in pairs]
+    task defaults to the one the model was fine-tuned on. dev_file scores your own labelled
+    file instead (with the model's label names; the columns default to text and label).
+    max_examples takes the same fixed subset as fine-tuning's max_eval_examples (same seed).
+    """
+    predictor = model if isinstance(model, Predictor) else \
+        Predictor.from_pretrained(model, dtype=dtype, device=device, max_length=max_length)
+    config = predictor.model.config
+    if dev_file is not None:
+        if task not in (None, "custom") or split != "dev":
+            raise ValueError("dev_file is the split to score: give it without a task or split")
+        t = user_task(None, dev_file, text_column=text_column or "text", text_pair_column=text_pair_column,
+                      label_column=label_column or "label", regression=predictor.labels is None,
+                      labels=predictor.labels)
     else:
-        examples = [readers.TextExample(text, pair) for text, pair in pairs]
-    data = Prepared(t, examples, tokenizer, max_length)
-    outs, _ = data.outputs(model, batch_size)
-    preds = data.predictions(outs)
-    results = []
-    for ex, o, p in zip(examples, outs, preds):
-        if kind == "classification":
-            probs = torch.softmax(torch.from_numpy(o["logits"]), -1)
-            results.append({"label": labels[p], "score": float(probs[p]),
-                            "scores": {n: float(s) for n, s in zip(labels, probs)}})
-        elif kind == "regression":
-            results.append({"score": p})
-        elif kind == "token":
-            probs = torch.softmax(torch.from_numpy(o["logits"]), -1).max(-1).values  # [seq]
-            word_scores = [float(probs[s]) for s in data.word_starts[len(results)]]
-            results.append({"tags": p, "entities": [
-                {"entity": k, "text": " ".join(ex.words[a:b + 1]), "start_word": a, "end_word": b,
-                 "score": float(np.mean(word_scores[a:b + 1])) if word_scores[a:b + 1] else 0.0}
-                for k, a, b in metrics.entities(p)]})
-        else:
-            results.append({"answer": p["answer"], "score": p["probability"], "start": p["start"], "end": p["end"]})
-    return results
+        if any(c is not None for c in (text_column, text_pair_column, label_column)):
+            raise ValueError("text_column, text_pair_column and label_column apply to a dev_file only")
+        name = task or config.extra.get("finetuning_task")
+        if name in (None, "custom"):
+            raise ValueError("this model was fine-tuned on your own files: give the dev_file to score it on")
+        t = get_task(name)
+    if type(t.kind) is not type(predictor.task_kind) or t.labels != predictor.labels:
+        raise ValueError(f"the model predicts {predictor.kind} {list(predictor.labels or [])}, task {t.name} "
+                         f"wants {t.kind.name} {list(t.labels or [])}")
+    examples = subset(t.examples(split, data_dir), max_examples, seed)
+    prepared = predictor.task_kind.features(examples, predictor.tokenizer, predictor.max_length, predictor.doc_stride)
+    return score(predictor.model, predictor.task_kind, prepared, batch_size)
+
+
+def predict(model: str | os.PathLike | Predictor, inputs: Sequence, *, batch_size: int = 32,
+            max_length: int | None = None, dtype: str = "fp32", device: str = "cpu") -> list[dict]:
+    """Predictions for raw inputs (see Predictor) -> one dict per input, in order.
+
+    Loads the model on every call: hold a Predictor to predict repeatedly.
+    """
+    if not isinstance(model, Predictor):
+        model = Predictor.from_pretrained(model, dtype=dtype, device=device, max_length=max_length)
+    return model(inputs, batch_size)

@@ -18,6 +18,8 @@ import numpy as np
 
 from bertkit.tasks.readers import QAExample
 
+DOC_STRIDE = 128  # context tokens shared by consecutive windows, unless a recipe says otherwise
+
 
 @dataclass
 class Window:
@@ -41,7 +43,7 @@ def span_labels(offsets: Sequence[tuple[int, int] | None], char_start: int, char
 
 
 def qa_features(examples: Sequence[QAExample], tokenizer, max_length: int = 384,
-                doc_stride: int = 128) -> tuple[list[dict], list[Window]]:
+                doc_stride: int = DOC_STRIDE) -> tuple[list[dict], list[Window]]:
     """Windows of every example; labels (start/end_positions) when the example has an answer."""
     features, windows = [], []
     for i, ex in enumerate(examples):

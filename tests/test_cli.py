@@ -175,3 +175,60 @@ def test_predict_qa_lines_need_a_tab(capsys, tiny_bert, tmp_path):
     lines = write_file(tmp_path, "q.txt", "Where?\tIn Paris.\nWho?\n")
     err = _one_line_error(capsys, ["predict", "--model", str(tmp_path / "qa"), "--input", str(lines)], "predict")
     assert f"{lines}:2: question answering needs 'question<TAB>context'" in err
+
+
+# --- the other subcommands: parse-time checks, then one-line errors from the work itself ---
+
+@pytest.mark.parametrize("argv,message", [
+    (["tokenize", "--max-length", "0"], "argument --max-length: '0' must be at least 1"),
+    (["tokenize", "--workers", "0"], "argument --workers: '0' must be at least 1"),
+    (["vocab", "x.txt", "--output", "o", "--vocab-size", "-5"], "argument --vocab-size: '-5' must be at least 1"),
+    (["vocab", "x.txt", "--output", "o", "--criterion", "best"], "argument --criterion: invalid choice: 'best'"),
+    (["vocab", "x.txt", "--output", "o", "--unused", "-1"], "argument --unused: '-1' must be 0 or more"),
+    (["prepare", "--model", "m", "--input", "a", "--output", "o", "--short-seq-prob", "2"],
+     "argument --short-seq-prob: '2' must be between 0 and 1"),
+    (["prepare", "--model", "m", "--input", "a", "--output", "o", "--shard", "3/2"],
+     "argument --shard: '3/2' is not i/n"),
+    (["prepare", "--model", "m", "--input", "a", "--output", "o", "--max-length", "4"],
+     "'4' must be between 8 and 512 tokens"),
+    (["prepare", "--model", "m", "--input", "a", "--output", "o", "--dupe-factor", "0"],
+     "argument --dupe-factor: '0' must be at least 1"),
+    (["pretrain", "train.max_steps=2.5"], "setting 'train.max_steps': 2.5 is not a whole number"),
+    (["pretrain", "resume=maybe"], "setting 'resume': 'maybe' is not true or false"),
+    (["pretrain", "nope=1"], "unknown setting 'nope'; valid keys: data, model,"),
+    (["pretrain", "--device", "gpu"], "argument --device: 'gpu' is not a device"),
+    (["pretrain", "--config", "no/such.yaml"], "no/such.yaml: no such config file"),
+    (["embed", "--batch-size", "0"], "argument --batch-size: '0' must be at least 1"),
+    (["embed", "--pooling", "max"], "argument --pooling: invalid choice: 'max'"),
+    (["embed", "--dtype", "fp8"], "argument --dtype: invalid choice: 'fp8'"),
+    (["embed", "--input", "no/such.txt", "--output", "v.npy"], "no/such.txt: no such file"),
+    (["serve", "--port", "70000"], "argument --port: '70000' is not a TCP port"),
+    (["serve", "--max-batch-tokens", "0"], "argument --max-batch-tokens: '0' must be at least 1"),
+    (["serve"], "no model: give MODEL"),
+    (["serve", "no/such/model"], "model 'no/such/model' not found: no folder no/such/model"),
+    (["convert", "no/such", "--output", "o"], "no/such.index: no such TensorFlow checkpoint index"),
+    (["convert"], "the following arguments are required: source, --output"),
+    (["export", "--format", "tflite"], "argument --format: invalid choice: 'tflite'"),
+    (["export", "x", "--output", "o", "--opset", "9"], "opset 9: bertkit exports opsets 17 to 20"),
+    (["demo", "--steps", "data,nope"], "argument --steps: unknown step 'nope'; choose from data,tokens"),
+    (["demo", "--epochs", "0"], "argument --epochs: '0' must be at least 1"),
+    (["demo", "--lr", "-1"], "argument --lr: '-1' must be a positive number"),
+])
+def test_every_subcommand_rejects_bad_arguments_in_one_line(capsys, tmp_path, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)  # relative outputs land in the test's own folder
+    assert message in _one_line_error(capsys, argv, argv[0])
+    assert not (tmp_path / "o").exists() and not (tmp_path / "v.npy").exists()
+
+
+def test_tokenize_missing_input_is_one_line_before_any_work(capsys, tmp_path):
+    err = _one_line_error(capsys, ["tokenize", "--input", str(tmp_path / "none.txt"), "--no-progress"], "tokenize")
+    assert "none.txt: no such file" in err
+
+
+def test_unknown_command_and_version(capsys):
+    assert main(["frobnicate"]) == 2
+    assert "invalid choice: 'frobnicate'" in capsys.readouterr().err
+    assert main(["--version"]) == 0
+    from bertkit import __version__
+
+    assert capsys.readouterr().out.strip() == f"bertkit {__version__}"

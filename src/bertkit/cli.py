@@ -96,6 +96,73 @@ def device(text: str) -> str:
     return text
 
 
+def non_negative_float(text: str) -> float:
+    return _number(text, float, lambda v: 0 <= v < float("inf"), "0 or more")
+
+
+def open_fraction(text: str) -> float:
+    value = fraction(text)
+    if value in (0, 1):
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1 (both excluded)")
+    return value
+
+
+def existing_file(text: str) -> str:
+    from pathlib import Path
+
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    return text
+
+
+def existing_dir(text: str) -> str:
+    from pathlib import Path
+
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: no such folder")
+    return text
+
+
+def label_list(text: str) -> list[str]:
+    labels = [x.strip() for x in text.split(",")]
+    if len(labels) < 2 or not all(labels):
+        raise argparse.ArgumentTypeError(f"{text!r}: give at least two comma-separated label names")
+    if len(set(labels)) != len(labels):
+        raise argparse.ArgumentTypeError(f"{text!r} names a label twice")
+    return labels
+
+
+def task_name(text: str) -> str:
+    from bertkit.tasks.datasets import get_task
+
+    try:
+        return get_task(text).name
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def train_device(text: str) -> str:
+    """auto (cuda when there is one), or a device as `device` checks it."""
+    return text if text == "auto" else device(text)
+
+
+def port(text: str) -> int:
+    value = non_negative_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (0-65535)")
+    return value
+
+
+def demo_steps(text: str) -> tuple[str, ...]:
+    from bertkit.demo import STEPS
+
+    steps = tuple(s.strip() for s in text.split(","))
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown step {unknown[0]!r}; choose from {','.join(STEPS)}")
+    return steps
+
+
 class _Parser(argparse.ArgumentParser):
     """A bad argument is one line on stderr (and exit code 2), without the usage block."""
 
@@ -161,18 +228,20 @@ def _add_tokenize(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_vocab(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("vocab", help="learn a WordPiece vocabulary (vocab.txt + tokenizer_config.json) from text")
+    p = _parser(sub, "vocab", "learn a WordPiece vocabulary (vocab.txt + tokenizer_config.json) from text")
     p.add_argument("inputs", nargs="+", help="text files, one text per line (.jsonl: one JSON object per line)")
     p.add_argument("--output", required=True, help="directory to write vocab.txt and tokenizer_config.json")
-    p.add_argument("--vocab-size", type=int, default=30522, help="tokens in all, special tokens included")
+    p.add_argument("--vocab-size", type=positive_int, default=30522, help="tokens in all, special tokens included")
     p.add_argument("--cased", action="store_true", help="keep case and accents (default: lowercase, strip accents)")
     p.add_argument("--text-field", default=None, help="read every input as JSON lines, text in this field "
                    "(default: 'text' for .jsonl files, plain lines otherwise)")
-    p.add_argument("--unused", type=int, default=0, help="[unusedN] slots after [PAD], as in bert-base (which has 994)")
-    p.add_argument("--min-frequency", type=int, default=2, help="never merge pairs seen fewer times")
+    p.add_argument("--unused", type=non_negative_int, default=0,
+                   help="[unusedN] slots after [PAD], as in bert-base (which has 994)")
+    p.add_argument("--min-frequency", type=positive_int, default=2, help="never merge pairs seen fewer times")
     p.add_argument("--criterion", choices=["likelihood", "ratio"], default="likelihood",
                    help="merge score: unigram likelihood gain, or count(ab)/(count(a)*count(b))")
-    p.add_argument("--workers", type=int, default=None, help="processes for word counting (default: all cores)")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="processes for word counting (default: all cores)")
     p.add_argument("--no-progress", action="store_true")
 
     def run(a):
@@ -185,19 +254,20 @@ def _add_vocab(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("prepare", help="corpus files -> NSP instances in numpy shards for `bertkit pretrain`")
-    p.add_argument("--vocab", required=True, help="directory with vocab.txt (e.g. a model directory)")
+    p = _parser(sub, "prepare", "corpus files -> NSP instances in numpy shards for `bertkit pretrain`")
+    p.add_argument("--model", "--vocab", dest="vocab", required=True, help="the model whose vocabulary "
+                   "tokenizes (a folder with vocab.txt, a run folder or an installed model name)")
     p.add_argument("--input", required=True, nargs="+", help="text files (one sentence per line, blank line "
                    "between documents), or .jsonl with a text field")
     p.add_argument("--output", required=True, help="directory for the shards")
     p.add_argument("--format", default="auto", choices=["auto", "sentences", "paragraphs", "jsonl"],
                    help="auto: jsonl for .jsonl/.json, else sentences; paragraphs: one document per line")
     p.add_argument("--text-field", default="text", help="JSON field holding the document text")
-    p.add_argument("--max-seq-length", type=int, default=128)
-    p.add_argument("--short-seq-prob", type=float, default=0.1)
-    p.add_argument("--dupe-factor", type=int, default=1, help="passes over the corpus with different pairings")
-    p.add_argument("--docs-per-shard", type=int, default=2000)
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--max-seq-length", "--max-length", type=max_length, default=128)
+    p.add_argument("--short-seq-prob", type=fraction, default=0.1, help="share of instances made shorter")
+    p.add_argument("--dupe-factor", type=positive_int, default=1, help="passes over the corpus with different pairings")
+    p.add_argument("--docs-per-shard", type=positive_int, default=2000)
+    p.add_argument("--workers", type=positive_int, default=None, help="processes (default: all cores)")
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument("--shard", type=shard, default=None, help="i/n: documents i, i+n, i+2n, ... only, into "
                    "OUTPUT/part-i-of-n (e.g. one part per machine); `pretrain data=OUTPUT` reads all parts as one")
@@ -242,62 +312,6 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------------- fine-tuning
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
-    return value
-
-
-def open_fraction(text: str) -> float:
-    value = fraction(text)
-    if value in (0, 1):
-        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1 (both excluded)")
-    return value
-
-
-def existing_file(text: str) -> str:
-    from pathlib import Path
-
-    if not Path(text).is_file():
-        raise argparse.ArgumentTypeError(f"{text}: no such file")
-    return text
-
-
-def existing_dir(text: str) -> str:
-    from pathlib import Path
-
-    if not Path(text).is_dir():
-        raise argparse.ArgumentTypeError(f"{text}: no such folder")
-    return text
-
-
-def label_list(text: str) -> list[str]:
-    labels = [x.strip() for x in text.split(",")]
-    if len(labels) < 2 or not all(labels):
-        raise argparse.ArgumentTypeError(f"{text!r}: give at least two comma-separated label names")
-    if len(set(labels)) != len(labels):
-        raise argparse.ArgumentTypeError(f"{text!r} names a label twice")
-    return labels
-
-
-def task_name(text: str) -> str:
-    from bertkit.tasks.datasets import get_task
-
-    try:
-        return get_task(text).name
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def train_device(text: str) -> str:
-    """auto (cuda when there is one), or a device as `device` checks it."""
-    return text if text == "auto" else device(text)
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
@@ -557,13 +571,6 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def port(text: str) -> int:
-    value = non_negative_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (0-65535)")
-    return value
-
-
 def _model_argument(p: argparse.ArgumentParser, help: str) -> None:
     """MODEL as the first argument, or as --model like every other subcommand takes it."""
     p.add_argument("model_arg", nargs="?", metavar="MODEL", help=help)
@@ -653,9 +660,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = _parser(sub, "demo", "the whole BERT story on a built-in default: data, tokenization, contextual "
                 "vectors, sentiment fine-tuning, tiny pre-training, report.md")
-    p.add_argument("--work-dir", default=None, help="everything goes here; a re-run reuses what is cached "
-                   "(default runs/demo)")
-    p.add_argument("--steps", default=None, help="comma-separated subset of: data,tokens,bat,finetune,pretrain,report")
+    p.add_argument("--output", "--work-dir", dest="work_dir", default=None, help="everything goes here; a re-run "
+                   "reuses what is cached (default runs/demo)")
+    p.add_argument("--steps", type=demo_steps, default=None, help="comma-separated subset of: "
+                   "data,tokens,bat,finetune,pretrain,serve,report")
     p.add_argument("--fast", action="store_true", help="a small budget (512 train snippets, 1 epoch, 10 "
                    "pre-training steps): every step in a minute or two")
     p.add_argument("--config", type=existing_file, default=None, help="YAML or JSON file of DemoConfig settings")
@@ -677,7 +685,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                  "pretrain.steps": a.pretrain_steps}
         overrides = [*a.overrides, *(f"{k}={v}" for k, v in flags.items() if v is not None)]  # flags win
         cfg = load_settings(DemoConfig, a.config, overrides, base=DemoConfig.fast() if a.fast else None)
-        run_demo(cfg, tuple(s.strip() for s in a.steps.split(",")) if a.steps else STEPS)
+        run_demo(cfg, a.steps or STEPS)
 
     p.set_defaults(func=run)
 

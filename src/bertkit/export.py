@@ -50,6 +50,8 @@ def export(name_or_dir: str | os.PathLike, output: str | os.PathLike, *, format:
     """A model folder (its config.json names the class: encoder or head) -> an ONNX folder at `output`."""
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
+    if opset not in OPSETS:  # before the model loads: a bad option fails at once
+        raise ValueError(f"opset {opset}: bertkit exports opsets {OPSETS[0]} to {OPSETS[-1]}")
     folder = resolve(name_or_dir)
     model = model_class(read_config(folder), str(folder / "config.json")).from_pretrained(folder)
     return export_onnx(model, output, int8=int8, opset=opset)

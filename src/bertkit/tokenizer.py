@@ -854,8 +854,10 @@ def tokenize_file(model: str | os.PathLike, input: str | os.PathLike = "-", outp
     """
     from tqdm import tqdm
 
-    tok = Tokenizer.from_pretrained(model, do_lower_case=do_lower_case)
     name = "<stdin>" if str(input) == "-" else str(input)
+    if name != "<stdin>" and not os.path.isfile(input):
+        raise FileNotFoundError(f"{input}: no such file")
+    tok = Tokenizer.from_pretrained(model, do_lower_case=do_lower_case)
     size = _POOL_MIN_CHARS if name == "<stdin>" else os.path.getsize(input) if os.path.isfile(input) else 0
     n_workers = tok._workers_for(workers, size)
 

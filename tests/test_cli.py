@@ -210,7 +210,7 @@ def test_predict_qa_lines_need_a_tab(capsys, tiny_bert, tmp_path):
     (["convert"], "the following arguments are required: source, --output"),
     (["export", "--format", "tflite"], "argument --format: invalid choice: 'tflite'"),
     (["export", "x", "--output", "o", "--opset", "9"], "opset 9: bertkit exports opsets 17 to 20"),
-    (["demo", "--steps", "data,nope"], "argument --steps: unknown step 'nope'; choose from data,tokens"),
+    (["demo", "--steps", "data,nope"], "unknown demo step(s) nope"),
     (["demo", "--epochs", "0"], "argument --epochs: '0' must be at least 1"),
     (["demo", "--lr", "-1"], "argument --lr: '-1' must be a positive number"),
 ])

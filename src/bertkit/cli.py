@@ -153,16 +153,6 @@ def port(text: str) -> int:
     return value
 
 
-def demo_steps(text: str) -> tuple[str, ...]:
-    from bertkit.demo import STEPS
-
-    steps = tuple(s.strip() for s in text.split(","))
-    unknown = [s for s in steps if s not in STEPS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown step {unknown[0]!r}; choose from {','.join(STEPS)}")
-    return steps
-
-
 class _Parser(argparse.ArgumentParser):
     """A bad argument is one line on stderr (and exit code 2), without the usage block."""
 
@@ -662,7 +652,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                 "vectors, sentiment fine-tuning, tiny pre-training, report.md")
     p.add_argument("--output", "--work-dir", dest="work_dir", default=None, help="everything goes here; a re-run "
                    "reuses what is cached (default runs/demo)")
-    p.add_argument("--steps", type=demo_steps, default=None, help="comma-separated subset of: "
+    p.add_argument("--steps", default=None, help="comma-separated subset of: "
                    "data,tokens,bat,finetune,pretrain,serve,report")
     p.add_argument("--fast", action="store_true", help="a small budget (512 train snippets, 1 epoch, 10 "
                    "pre-training steps): every step in a minute or two")
@@ -685,7 +675,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                  "pretrain.steps": a.pretrain_steps}
         overrides = [*a.overrides, *(f"{k}={v}" for k, v in flags.items() if v is not None)]  # flags win
         cfg = load_settings(DemoConfig, a.config, overrides, base=DemoConfig.fast() if a.fast else None)
-        run_demo(cfg, a.steps or STEPS)
+        run_demo(cfg, tuple(s.strip() for s in a.steps.split(",")) if a.steps else STEPS)
 
     p.set_defaults(func=run)
 

@@ -118,6 +118,35 @@ def _pickled_bin(d: Path) -> list[str]:
     return ["embed", "--model", str(m), "--input", "-", "--output", str(d / "e.npy")]
 
 
+def _index_escapes(d: Path) -> list[str]:
+    m = tiny_model(d)
+    (m / "SHA256SUMS").unlink()
+    (m / "model.safetensors").rename(d / "outside.safetensors")
+    names = json.loads(subprocess.run([sys.executable, "-c", "import json, sys; from safetensors import safe_open; "
+                                       "print(json.dumps(list(safe_open(sys.argv[1], 'pt').keys())))",
+                                       str(d / "outside.safetensors")], capture_output=True, text=True).stdout)
+    (m / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {name: "../outside.safetensors" for name in names}}))
+    return ["embed", "--model", str(m), "--input", "-", "--output", str(d / "e.npy")]
+
+
+def _onnx_damaged(d: Path) -> list[str]:
+    m = tiny_model(d)
+    (m / "model.safetensors").unlink()
+    (m / "SHA256SUMS").unlink()
+    (m / "model.onnx").write_bytes(b"\x08\x07not an onnx graph" * 10)
+    return ["embed", "--model", str(m), "--backend", "onnx", "--input", "-", "--output", str(d / "e.npy")]
+
+
+def _embed_state(d: Path) -> list[str]:
+    m = tiny_model(d)
+    first = bertkit("embed", "--model", str(m), "--input", "-", "--output", str(d / "e.npy"), stdin="a good movie\n")
+    if first.returncode:
+        raise RuntimeError(f"embed failed: {first.stderr}")
+    (d / "e.npy.embed.json").write_text('{"rows": 1, "settings": ')
+    return ["embed", "--model", str(m), "--input", "-", "--output", str(d / "e.npy")]
+
+
 def _config_json(d: Path) -> list[str]:
     m = tiny_model(d)
     (m / "config.json").write_text('{"hidden_size": "384",')
@@ -256,6 +285,8 @@ CASES = [
     Case("weights: damaged safetensors header", _weights_header, "model.safetensors"),
     Case("weights: one flipped bit (SHA256SUMS present)", _weights_flipped_bit, "sha256"),
     Case("weights: pytorch_model.bin with pickled code", _pickled_bin, "pytorch_model.bin"),
+    Case("weights index: a shard path outside the folder", _index_escapes, "model.safetensors.index.json"),
+    Case("model.onnx: not an ONNX graph", _onnx_damaged, "model.onnx"),
     Case("config.json: invalid JSON", _config_json, "config.json"),
     Case("config.json: a field of the wrong type", _config_type, "num_hidden_layers"),
     Case("vocab.txt: a duplicate token", _vocab_duplicate, "vocab.txt"),
@@ -263,6 +294,7 @@ CASES = [
     Case("shards: truncated ids.npy", _shard_truncated, "ids.npy"),
     Case("shards: token id above the vocabulary", _shard_ids, "shard-"),
     Case("shards: damaged meta.json", _meta_json, "meta.json"),
+    Case("embed state: damaged OUT.embed.json", _embed_state, "e.npy.embed.json"),
     Case("state.pt: pickled code", _state_pickle, "state.pt"),
     Case("state.pt: truncated", _state_truncated, "state.pt"),
     Case("TensorFlow checkpoint: bad magic", _tf_magic, "bert_model.ckpt.index"),

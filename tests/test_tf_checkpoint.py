@@ -225,6 +225,15 @@ def test_do_lower_case_from_folder_name_or_vocab(tmp_path):
     assert tfc.tf_do_lower_case(copy_fixture(SHARDED, tmp_path, "multi_cased_L-12_H-768_A-12")) is False
 
 
+def test_tokenizer_of_a_google_folder_follows_its_casing():
+    from bertkit.tokenizer import Tokenizer
+
+    assert Tokenizer.from_pretrained(PRETRAINING).do_lower_case is True
+    cased = Tokenizer.from_pretrained(ENCODER)  # no tokenizer_config.json: the folder's name tells
+    assert cased.do_lower_case is False and cased.tokenize("The") != Tokenizer.from_pretrained(PRETRAINING).tokenize("The")
+    assert Tokenizer.from_pretrained(ENCODER, do_lower_case=True).do_lower_case is True  # an override wins
+
+
 def test_finding_the_checkpoint_in_a_folder(tmp_path):
     for folder in (PRETRAINING, ENCODER, SHARDED):
         assert tfc.is_tf_checkpoint(folder)

@@ -68,6 +68,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bertkit.tokenizer import tf_do_lower_case
+
 log = logging.getLogger(__name__)
 
 # ================================================================ crc32c
@@ -683,26 +685,6 @@ def tf_config(directory: str | os.PathLike) -> dict:
             raise ValueError(f"{path}: {key} must be {'a number' if kind is float else kind.__name__}, "
                              f"got {value!r}" if key in raw else f"{path}: missing {key}")
     return {**raw, "layer_norm_eps": 1e-12, "model_type": "bert", "pad_token_id": raw.get("pad_token_id", 0)}
-
-
-def tf_do_lower_case(directory: str | os.PathLike) -> bool | None:
-    """Whether the model's tokenizer lowercases: from Google's folder names (uncased_L-12_...,
-    cased_L-12_..., multi_cased_..., scibert_scivocab_uncased), else True-cased if vocab.txt
-    holds uppercase tokens (a lowercasing tokenizer could never produce them); None if unknown."""
-    folder = _folder(directory).resolve()
-    name = folder.name.lower()
-    if re.search(r"(^|[^a-z])uncased", name):
-        return True
-    if re.search(r"(^|[^a-z])cased", name):
-        return False
-    vocab = folder / "vocab.txt"
-    if vocab.is_file():
-        with open(vocab, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                token = line.strip()
-                if not (token.startswith("[") and token.endswith("]")) and token != token.lower():
-                    return False
-    return None
 
 
 def _expected_shapes(config: dict, names: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:

@@ -22,6 +22,7 @@ import functools
 import gc
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -505,6 +506,10 @@ class Tokenizer:
             # Hugging Face writes a huge sentinel when a model has no limit.
             if settings.get("model_max_length", 0) > 1_000_000:
                 del settings["model_max_length"]
+        elif (vocab_file.parent / "bert_config.json").is_file():  # Google's TensorFlow release folder
+            lower = tf_do_lower_case(vocab_file.parent)
+            if lower is not None:
+                settings["do_lower_case"] = lower
         settings.update({k: v for k, v in overrides.items() if v is not None})
         return cls(load_vocab(vocab_file), **settings)
 
@@ -790,6 +795,27 @@ class Tokenizer:
                               (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
             text = text.replace(before, after)
         return text
+
+
+def tf_do_lower_case(folder: str | os.PathLike) -> bool | None:
+    """Whether a Google release's tokenizer lowercases (its folder has no tokenizer_config.json):
+    from the folder's name (uncased_L-12_..., cased_L-12_..., multi_cased_...,
+    scibert_scivocab_uncased), else cased if vocab.txt holds uppercase tokens (a lowercasing
+    tokenizer could never produce them); None if nothing tells."""
+    folder = Path(folder).resolve()
+    name = folder.name.lower()
+    if re.search(r"(^|[^a-z])uncased", name):
+        return True
+    if re.search(r"(^|[^a-z])cased", name):
+        return False
+    vocab = folder / "vocab.txt"
+    if vocab.is_file():
+        with open(vocab, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                token = line.strip()
+                if not (token.startswith("[") and token.endswith("]")) and token != token.lower():
+                    return False
+    return None
 
 
 def _size_of(i: int, item: str | tuple[str, str]) -> int:

@@ -228,9 +228,10 @@ def test_do_lower_case_from_folder_name_or_vocab(tmp_path):
 def test_tokenizer_of_a_google_folder_follows_its_casing():
     from bertkit.tokenizer import Tokenizer
 
-    assert Tokenizer.from_pretrained(PRETRAINING).do_lower_case is True
+    uncased = Tokenizer.from_pretrained(PRETRAINING)
     cased = Tokenizer.from_pretrained(ENCODER)  # no tokenizer_config.json: the folder's name tells
-    assert cased.do_lower_case is False and cased.tokenize("The") != Tokenizer.from_pretrained(PRETRAINING).tokenize("The")
+    assert uncased.do_lower_case is True and cased.do_lower_case is False
+    assert cased.tokenize("The") == ["The"] and uncased.tokenize("The") == ["the"]
     assert Tokenizer.from_pretrained(ENCODER, do_lower_case=True).do_lower_case is True  # an override wins
 
 

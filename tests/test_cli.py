@@ -87,6 +87,24 @@ def test_finetune_runs_from_a_config_file_and_flags_win(capsys, tiny_bert, tmp_p
     assert json.loads((tmp_path / "run" / "finetune.json").read_text())["settings"]["epochs"] == 1
 
 
+def test_finetune_at_lr_1e6_exits_1_within_a_few_steps_and_exports_nothing_nonfinite(capsys, tiny_bert, tmp_path):
+    from safetensors.torch import load_file
+
+    train = write_file(tmp_path, "train.tsv", "text\tlabel\n" + "".join(f"text {i}\t{'ab'[i % 2]}\n" for i in range(64)))
+    run = tmp_path / "run"
+    assert main(["finetune", "--model", str(tiny_bert), "--train-file", str(train), "--dev-split", "0.25",
+                 "--lr", "1e6", "--warmup", "0", "--batch-size", "4", "--epochs", "3", "--max-length", "16",
+                 "--output", str(run), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "diverged at step" in err[0], err
+    strict = {"parse_constant": lambda c: pytest.fail(f"metrics.jsonl holds {c}, not JSON")}
+    steps = [json.loads(line, **strict)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) <= 10
+    for folder in ("best", "last"):
+        if (run / folder / "model.safetensors").exists():
+            assert all(t.isfinite().all() for t in load_file(run / folder / "model.safetensors").values())
+
+
 def _best(run) -> str:
     return f"{json.loads((run / 'finetune.json').read_text())['best']:.4f}"
 

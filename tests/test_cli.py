@@ -90,7 +90,8 @@ def test_finetune_runs_from_a_config_file_and_flags_win(capsys, tiny_bert, tmp_p
 def test_finetune_at_lr_1e6_exits_1_within_a_few_steps_and_exports_nothing_nonfinite(capsys, tiny_bert, tmp_path):
     from safetensors.torch import load_file
 
-    train = write_file(tmp_path, "train.tsv", "text\tlabel\n" + "".join(f"text {i}\t{'ab'[i % 2]}\n" for i in range(64)))
+    rows = "".join(f"text {i}\t{'ab'[i % 2]}\n" for i in range(64))
+    train = write_file(tmp_path, "train.tsv", "text\tlabel\n" + rows)
     run = tmp_path / "run"
     assert main(["finetune", "--model", str(tiny_bert), "--train-file", str(train), "--dev-split", "0.25",
                  "--lr", "1e6", "--warmup", "0", "--batch-size", "4", "--epochs", "3", "--max-length", "16",

@@ -265,7 +265,7 @@ def _utf8(command: str) -> Callable[[Path], list[str]]:
             return ["finetune", "--model", str(m), "--train-file", str(bad), "--dev-file", str(bad),
                     "--text-column", "sentence", "--output", str(d / "ft"), "--epochs", "1"]
         if command == "predict":
-            return ["predict", str(m), "--input", str(bad)]
+            return ["predict", "--model", str(m), "--input", str(bad)]
         if command == "embed":
             return ["embed", "--model", str(m), "--input", str(bad), "--output", str(d / "e.npy")]
         return ["tokenize", "--vocab", str(m), "--input", str(bad)]

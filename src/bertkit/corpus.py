@@ -284,23 +284,23 @@ def embed_corpus(model: str | os.PathLike | Embedder, inputs: str | os.PathLike 
             writer.start(keep=_check_partial(writer, state))
             done, blank, digest = _skip_done(rows, state, window, name)
         resumed_at = done
-        bar = tqdm(unit="text", desc="embed", initial=done, disable=not progress, file=sys.stderr)
         overlap = workers is not None and workers > 1
-        for window_rows, vectors in _embedded(embedder, io.chunked(rows, window), batch_size, overlap):
-            texts = [t for _, _, t in window_rows]
-            data = writer.encode(window_rows, vectors)
-            offset = writer.write(data)
-            done += len(window_rows)
-            blank += sum(1 for t in texts if not t.strip())
-            digest = _texts_digest(digest, texts)
-            if writer.kind != "stdout":
-                state = {"format": FORMAT, "settings": settings, "input_files": _input_stats(paths), "rows": done,
-                         "blank": blank, "bytes": writer.size, "texts_sha256": digest,
-                         "last_chunk": {"offset": offset, "bytes": len(data), "sha256": _sha256(data)},
-                         "complete": False}
-                io.write_json(state_path, state)
-            bar.update(len(window_rows))
-        bar.close()
+        # closed (its line ended) before any error below is printed
+        with tqdm(unit="text", desc="embed", initial=done, disable=not progress, file=sys.stderr) as bar:
+            for window_rows, vectors in _embedded(embedder, io.chunked(rows, window), batch_size, overlap):
+                texts = [t for _, _, t in window_rows]
+                data = writer.encode(window_rows, vectors)
+                offset = writer.write(data)
+                done += len(window_rows)
+                blank += sum(1 for t in texts if not t.strip())
+                digest = _texts_digest(digest, texts)
+                if writer.kind != "stdout":
+                    state = {"format": FORMAT, "settings": settings, "input_files": _input_stats(paths), "rows": done,
+                             "blank": blank, "bytes": writer.size, "texts_sha256": digest,
+                             "last_chunk": {"offset": offset, "bytes": len(data), "sha256": _sha256(data)},
+                             "complete": False}
+                    io.write_json(state_path, state)
+                bar.update(len(window_rows))
         if done == blank:  # nothing worth keeping
             writer.partial.unlink(missing_ok=True)
             state_path.unlink(missing_ok=True)

@@ -48,3 +48,16 @@ def test_batches_iterate_in_sorted_order_and_reshuffle_per_epoch():
     shuf.set_epoch(0)
     assert shuf.index_batches() == first  # and the same order for the same epoch (resuming relies on it)
     assert [len(b["input_ids"]) for b in shuf] == [len(b) for b in first]
+
+
+def test_inference_batches_bound_their_padding():
+    from bertkit.batching import padding_bounded_batches
+
+    assert padding_bounded_batches([256, 250, 12, 11, 10, 9, 8], 32) == [[0, 1, 2, 3], [4, 5, 6]]
+    assert [len(b) for b in padding_bounded_batches([10] * 70, 32)] == [32, 32, 6]  # equal lengths: by count alone
+    lengths = [256 if i % 10 == 0 else 13 for i in range(100)]
+    batches = padding_bounded_batches(lengths, 32)
+    assert sorted(i for b in batches for i in b) == list(range(100))
+    for b in batches:
+        assert len(b) <= 32 and [lengths[i] for i in b] == sorted((lengths[i] for i in b), reverse=True)
+        assert len(b) == 1 or lengths[b[0]] * len(b) <= 2 * sum(lengths[i] for i in b)

@@ -53,12 +53,33 @@ class Prepared:
 def sorted_batches(prepared: Sequence[Prepared], batch_size: int,
                    device: torch.device | str = "cpu") -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
     """The one inference path's batches: every feature of `prepared`, grouped by length (longest
-    first), collated and moved to `device` -> (indices into the flat feature list, batch)."""
+    first, padding bounded), collated and moved to `device` -> (indices into the flat feature list, batch)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     features = [f for p in prepared for f in p.features]
-    for idx in length_batches([len(f["input_ids"]) for f in features], batch_size):
+    for idx in padding_bounded_batches([len(f["input_ids"]) for f in features], batch_size):
         yield idx, {k: v.to(device) for k, v in collate([features[i] for i in idx]).items()}
+
+
+def padding_bounded_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices longest first, cut into batches of at most batch_size, each also closed before its
+    padded size (longest x count) would exceed twice its real tokens.
+
+    lengths [256, 250, 12, 11, 10, 9, 8] with batch_size 32 -> [[0, 1, 2, 3], [4, 5, 6]]: a few long
+    inputs among many short ones (a server's queue, a corpus window) no longer pad them all.
+    """
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    real = 0
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if batch and (len(batch) == batch_size or lengths[batch[0]] * (len(batch) + 1) > 2 * (real + lengths[i])):
+            batches.append(batch)
+            batch, real = [], 0
+        batch.append(i)
+        real += lengths[i]
+    if batch:
+        batches.append(batch)
+    return batches
 
 
 def length_batches(

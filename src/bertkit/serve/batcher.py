@@ -4,7 +4,7 @@ Each request's inputs are queued one entry per input, with a future the request 
 worker coroutine takes the oldest waiting inputs up to a token budget, hands them to the model's
 `run` on ONE worker thread (torch already uses every core; a second model thread would only fight
 it for them) and puts each result into its own input's future. Inside `run` the batch is sorted by
-length and padded per sub-batch (batching.length_batches), so short and long inputs taken together
+length and padded per sub-batch (batching.sorted_batches), so short and long inputs taken together
 do not pad each other.
 
 Nobody waits for company: when the model is idle the first input runs at once; inputs that arrive

@@ -1,7 +1,7 @@
 """Predictor: a fine-tuned model and its tokenizer held together: load once, predict many times.
 
 inputs -> examples -> features (one Prepared per input: QA has a feature per window) ->
-length-sorted batches (batching.length_batches + collate: each batch pads only to its own
+length-sorted batches (batching.sorted_batches: each batch pads only to its own
 longest) -> model -> outputs per feature, back in input order -> predictions
 (labels, scores, entities or answer spans: see kinds.py for each format).
 

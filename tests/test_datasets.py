@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bertkit.tasks import readers
@@ -103,3 +105,20 @@ def test_user_task_learns_label_set(tmp_path):
     scores = user_task(write_file(tmp_path, "s.jsonl", '{"text": "a", "label": 0.5}\n'), regression=True)
     assert scores.kind.name == "regression" and scores.labels is None and scores.metric == "spearman"
     assert scores.examples("train")[0].label == 0.5
+
+
+def test_data_directory_is_found_beside_the_working_directory(tmp_path, monkeypatch):
+    from bertkit.tasks.datasets import resolve_data_dir
+
+    monkeypatch.delenv("BERTKIT_DATA", raising=False)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    with pytest.raises(ValueError, match="no data directory: pass --data-dir or set BERTKIT_DATA"):
+        resolve_data_dir(None)
+    (tmp_path / "shared" / "data" / "imdb").mkdir(parents=True)
+    assert resolve_data_dir(None) == Path("../shared/data")
+    (tmp_path / "work" / "data" / "glue").mkdir(parents=True)
+    assert resolve_data_dir(None) == Path("data")  # ./data first
+    monkeypatch.setenv("BERTKIT_DATA", str(tmp_path / "shared" / "data"))
+    assert resolve_data_dir(None) == tmp_path / "shared" / "data"  # the variable wins
+    assert resolve_data_dir(tmp_path / "work" / "data") == tmp_path / "work" / "data"  # the flag wins over all

@@ -2,8 +2,8 @@
 
 Each task is one row of the table below: its kind (classification, regression, token, qa;
 see kinds.py), its files, their reader, the metric that picks the best epoch, and the default
-recipe. Paths are relative to a data directory laid out like /work/shared/data
-(glue/<TASK>/, conll2003/, imdb/, squad_v1.1/). Two tasks have no train file
+recipe. Paths are relative to a data directory (glue/<TASK>/, conll2003/, imdb/, squad_v1.1/):
+--data-dir, else $BERTKIT_DATA, else ./data or ../shared/data when one exists. Two tasks have no train file
 here and are split from their dev file, always the same way:
 - QNLI: rows whose index % 5 == 0 are the evaluation split (1,093), the rest train (4,370).
 - SQuAD v1.1: the first 80% of the 48 dev articles (38) train, the last 10 evaluate,
@@ -65,10 +65,16 @@ class Task:
         return self.read(path if path.is_absolute() else resolve_data_dir(data_dir) / path, split)
 
 
+DATA_DIRS = ("data", "../shared/data")  # looked for, in this order, from the working directory
+DATA_FOLDERS = ("glue", "conll2003", "imdb", "squad_v1.1")
+
+
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
-    d = data_dir or os.environ.get("BERTKIT_DATA")
+    found = (p for p in DATA_DIRS if any(Path(p, f).is_dir() for f in DATA_FOLDERS))
+    d = data_dir or os.environ.get("BERTKIT_DATA") or next(found, None)
     if not d:
-        raise ValueError("no data directory: pass --data-dir (or set BERTKIT_DATA) for built-in tasks")
+        raise ValueError(f"no data directory: pass --data-dir or set BERTKIT_DATA (neither ./data nor "
+                         f"../shared/data holds {', '.join(DATA_FOLDERS)})")
     d = Path(d)
     if not d.is_dir():
         raise FileNotFoundError(f"{d}: data directory not found")

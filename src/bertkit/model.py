@@ -69,10 +69,10 @@ class BertOutput(ModelOutput):
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """F.dropout, with a cheaper random mask on CPU.
 
-    torch's CPU dropout draws one random number per element (bernoulli_, ~10 ns
-    each); on the attention probabilities that was ~12% of a pre-training step.
-    Here each element gets 16 of the bits of one 64-bit draw, so the generator is
-    called a quarter as often (4-5x faster with the multiply). The drop rate is
+    torch's CPU dropout draws one random number per element (bernoulli_), a
+    visible share of a pre-training step on the attention probabilities. Here each
+    element gets 16 of the bits of one 64-bit draw, so the generator is called a
+    quarter as often (BENCHMARKS.md, Pre-training). The drop rate is
     therefore p rounded to a multiple of 1/65536 (0.1 -> 0.1000061), and the
     scale uses that exact keep rate, so the expected output still equals x.
     Other devices keep torch's fused kernel.

@@ -59,8 +59,8 @@ class Masker:
         (masked ids [batch, seq], positions [batch, max_predictions] ascending then 0-padded,
         original ids at those positions [batch, max_predictions], -100-padded).
 
-        Whole arrays instead of a loop over sequences: building a batch of 128 went from ~30 ms of
-        Python to a few ms, which is what a GPU waits for between steps.
+        Whole arrays instead of a loop over sequences: a GPU waits for the batch builder between
+        steps (BENCHMARKS.md, Pre-training: batch builder).
         """
         b, seq = ids.shape
         k = self.cfg.max_predictions

@@ -90,7 +90,9 @@ def count_words(
     counts: Counter[str] = Counter()
     with tqdm(unit="text", desc="counting words", disable=not progress) as bar:
         if workers > 1 and sum(p.stat().st_size for p in paths) >= _MIN_BYTES_FOR_POOL:
-            with mp.get_context("fork").Pool(workers) as pool:
+            # spawn, not fork: a fork of a process whose other threads hold a lock (an allocator's, a
+            # library's) can deadlock in the child; the workers need only this module.
+            with mp.get_context("spawn").Pool(workers) as pool:
                 for n, part in pool.imap_unordered(_count_chunk, jobs):
                     counts.update(part)
                     bar.update(n)

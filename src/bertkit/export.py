@@ -45,13 +45,17 @@ OPSETS = range(17, 21)  # up to the last one the TorchScript exporter writes
 TOLERANCE = 1e-4  # largest difference from the torch model that an fp32 export may show
 
 
+def check_opset(opset: int) -> None:
+    if opset not in OPSETS:
+        raise ValueError(f"opset {opset}: bertkit exports opsets {OPSETS[0]} to {OPSETS[-1]}")
+
+
 def export(name_or_dir: str | os.PathLike, output: str | os.PathLike, *, format: str = "onnx",
            int8: bool = False, opset: int = OPSET) -> Path:
     """A model folder (its config.json names the class: encoder or head) -> an ONNX folder at `output`."""
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
-    if opset not in OPSETS:  # before the model loads: a bad option fails at once
-        raise ValueError(f"opset {opset}: bertkit exports opsets {OPSETS[0]} to {OPSETS[-1]}")
+    check_opset(opset)  # before the model loads: a bad option fails at once
     folder = resolve(name_or_dir)
     model = model_class(read_config(folder), str(folder / "config.json")).from_pretrained(folder)
     return export_onnx(model, output, int8=int8, opset=opset)
@@ -97,8 +101,7 @@ def export_onnx(model: nn.Module, output: str | os.PathLike, *, int8: bool = Fal
     if output.exists() and any(output.iterdir()) and not (output / ONNX_FILE).is_file():
         raise FileExistsError(f"{output}: exists and is not an ONNX export; choose a new folder")
     require("onnx"), require("onnxruntime")  # before any work: both are needed to write and check the file
-    if opset not in OPSETS:
-        raise ValueError(f"opset {opset}: bertkit exports opsets {OPSETS[0]} to {OPSETS[-1]}")
+    check_opset(opset)
     if dtype_of(model) != "fp32":
         raise ValueError(f"export from the fp32 model (this one is {dtype_of(model)}); int8 is int8=True (--int8)")
     pooling = None

@@ -17,6 +17,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 import unicodedata
 from concurrent.futures.process import BrokenProcessPool
@@ -27,7 +28,7 @@ from hypothesis import strategies as st
 
 from bertkit import tokenizer as tokenizer_module
 from bertkit.tokenizer import BatchEncoding, Tokenizer, tokenize_file
-from bertkit.wordpiece import basic_tokenize
+from bertkit.wordpiece import WordPiece, basic_tokenize
 from conftest import data_path
 
 tokenizers = pytest.importorskip("tokenizers")
@@ -607,6 +608,48 @@ def test_workers_leave_when_their_parent_is_killed(minilm):
     while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in pids):
         time.sleep(0.2)
     assert not any(os.path.exists(f"/proc/{p}") for p in pids), "orphaned workers still running"
+
+
+_held = threading.Lock()
+
+
+class _LockedWordPiece(WordPiece):
+    """Encodes only while _held is free: a stand-in for any lock a worker needs (logging's, a stream's)."""
+
+    def encode(self, text, with_offsets=True):
+        with _held:
+            return super().encode(text, with_offsets)
+
+
+def test_workers_start_clean_while_another_thread_holds_a_lock(minilm, monkeypatch):
+    # A worker forked while another thread held a lock would find it held forever and hang.
+    monkeypatch.setattr(tokenizer_module, "_POOL_MIN_CHARS", 0)
+    texts = [f"sentence number {i} about a film" for i in range(400)]
+    with Tokenizer.from_pretrained(minilm) as tok:
+        want = tok.encode_batch(texts, workers=1)
+        tok.wordpiece.__class__ = _LockedWordPiece
+        holding = threading.Event()
+
+        def hold_for_a_second():
+            with _held:
+                holding.set()
+                time.sleep(1.0)
+
+        holder = threading.Thread(target=hold_for_a_second)
+        holder.start()
+        holding.wait()
+        got = []
+        encoding = threading.Thread(target=lambda: got.append(tok.encode_batch(texts, workers=2)), daemon=True)
+        encoding.start()  # the workers start now, while the lock is held
+        encoding.join(60)
+        holder.join()
+        hung = encoding.is_alive()
+        if hung:
+            for pid in list(tok._pool._processes):
+                os.kill(pid, signal.SIGKILL)
+            encoding.join(30)
+        assert not hung, "a worker started while another thread held a lock never finished"
+        assert got == [want]
 
 
 def test_pickled_tokenizer_leaves_its_workers_behind(minilm, monkeypatch):

@@ -9,7 +9,7 @@ windows, padding, and batches, in this process or in worker processes for large 
     batch = tok(["a", "b c"], padding=True, return_tensors="pt")  # as transformers: model(**batch)
 
 A large batch is cut into contiguous runs of texts ("jobs"), shared by this process and
-forked worker processes that each keep their own warm WordPiece cache between calls. A
+worker processes that each keep their own warm WordPiece cache between calls. A
 worker sends its encodings back as packed 32-bit ids and spans, and an Encoding builds its
 Python lists only when read, so taking the results costs this process next to nothing.
 The output is the same whatever the number of processes.
@@ -341,13 +341,14 @@ _LINES_PER_JOB = 1000  # tokenize_file
 _worker: Tokenizer | None = None  # the tokenizer of a worker process, set once by _init_worker
 
 
-def _init_worker(wordpiece: WordPiece, model_max_length: int, parent: int) -> None:
+def _init_worker(wordpiece: WordPiece, model_max_length: int) -> None:
     global _worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: no tracebacks from here
     _worker = Tokenizer(wordpiece.vocab, model_max_length=model_max_length)
     _worker.wordpiece = wordpiece  # its settings, and (forked) the parent's warm cache
-    # A parent killed outright cannot stop its workers: they notice and leave by themselves.
-    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
+    # A parent killed outright cannot stop its workers: they notice and leave by themselves. The
+    # parent is this process's or, under forkserver, the server's, which leaves when this process's does.
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
 
 
 def _exit_when_orphaned(parent: int) -> None:
@@ -358,6 +359,22 @@ def _exit_when_orphaned(parent: int) -> None:
 
 def _in_worker(fn: Callable[[Tokenizer, Any], Any], job: Any) -> Any:
     return fn(_worker, job)
+
+
+def _start_method() -> str | None:
+    """fork when this process runs no other thread, else forkserver.
+
+    A forked worker starts at once and shares this process's warm cache, but it inherits every
+    lock as it was: one that another thread held (logging's, a stream's, an import's) stays held
+    in the child forever, and the worker hangs. A forkserver's workers start clean; like spawn's,
+    they need the main script's work under `if __name__ == "__main__":`.
+    """
+    import multiprocessing as mp
+
+    methods = mp.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else None
 
 
 def _cpu_count() -> int:
@@ -580,7 +597,9 @@ class Tokenizer:
         """encode() for each text or (text, pair); padding="longest" pads all to the longest of the batch.
 
         workers: processes for a large batch (None: every core this process may use; 1: this
-        process only). The output is the same for any number; small batches stay here.
+        process only). The output is the same for any number; small batches stay here. In a
+        process running other threads the workers start from a forkserver, which (like spawn)
+        wants a script's own work under `if __name__ == "__main__":`.
         """
         options = self._options(max_length, truncation, padding, return_offsets, stride, return_overflowing)
         sizes = [_size_of(i, t) for i, t in enumerate(texts)]
@@ -762,10 +781,9 @@ class Tokenizer:
             from concurrent.futures import ProcessPoolExecutor
 
             self.close()
-            # fork: a worker starts at once, sharing this process's vocabulary and warm cache.
-            context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
-            self._pool = ProcessPoolExecutor(size, mp_context=context, initializer=_init_worker,
-                                             initargs=(self.wordpiece, self.model_max_length, os.getpid()))
+            self._pool = ProcessPoolExecutor(size, mp_context=mp.get_context(_start_method()),
+                                             initializer=_init_worker,
+                                             initargs=(self.wordpiece, self.model_max_length))
             self._pool_size = size
             self._pool_closer = weakref.finalize(self, self._pool.shutdown, wait=True, cancel_futures=True)
         return self._pool

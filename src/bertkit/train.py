@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from bertkit.memory import Trimmer
 from bertkit.runs import Export, RunFolder
 
 Evaluate = Callable[[nn.Module], dict[str, float]]
@@ -604,6 +605,7 @@ def _train(model, batches, cfg: TrainConfig, evaluate, batch_stats, resume, expo
                disable=not (cfg.progress and d.rank == 0))
     batch_iter = None
     signum = 0
+    trim = Trimmer()  # batches padded to their own lengths fragment the heap: without this, RSS climbs for hours
     try:
         with _StopFlag() as stop:
             while at.step < plan.total_steps and not time_spent(at.elapsed):
@@ -674,6 +676,7 @@ def _train(model, batches, cfg: TrainConfig, evaluate, batch_stats, resume, expo
                 if (end or signum or new_best or (cfg.save_every and at.step % cfg.save_every == 0)
                         or (cfg.save_every is None and epoch_end)):
                     save()
+                trim()
                 if signum or time_up:
                     saved = "state saved" if run else "nothing saved (no out_dir)"
                     say(f"stopped by {signal.Signals(signum).name} at step {at.step}; {saved}" if signum else

@@ -22,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from bertkit.memory import Trimmer
+
 log = logging.getLogger(__name__)
 
 
@@ -51,6 +53,7 @@ class Batcher:
         self.run, self.max_batch_tokens, self.batch_size, self.on_batch = run, max_batch_tokens, batch_size, on_batch
         self.waiting: deque[_Entry] = deque()
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="bertkit-model")
+        self.trim = Trimmer()  # batches of ever-changing shapes would fragment the heap: RSS would creep up
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
 
@@ -141,6 +144,7 @@ class Batcher:
                 for entry, result in zip(batch, results):
                     if not entry.future.done():
                         entry.future.set_result(result)
+            self.pool.submit(self.trim)  # on the model thread, after this batch's answers are out
             if self.on_batch is not None:
                 try:
                     self.on_batch(len(batch), sum(e.prepared.n_tokens for e in batch),

@@ -5,7 +5,7 @@
 Each arm is a fresh process running `bertkit.tasks.finetune.finetune` on the task for --steps optimizer
 steps (bf16 autocast, seed 42, a 2,000-example training subset, 200 dev examples); a thread samples
 VmRSS every half second. "untrimmed" swaps bertkit.train's Trimmer for one that never trims, i.e. the
-loop as it was before. Printed: RSS after the first step, peak and last RSS, and seconds per step.
+loop as it was before. Printed: RSS at the start, peak and last RSS, and seconds per step.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def main() -> None:
         rows.append(json.loads(run.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
     print(f"\n{a.task}, {a.steps} steps, {a.threads} thread(s)\n")
-    print("| arm | RSS after start, MiB | peak | last | s/step |\n|---|---:|---:|---:|---:|")
+    print("| arm | RSS at start, MiB | peak | last | s/step |\n|---|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['arm']} | {r['rss_start_mib']:,.0f} | {r['rss_peak_mib']:,.0f} | {r['rss_last_mib']:,.0f} "
               f"| {r['s_per_step']:.2f} |")

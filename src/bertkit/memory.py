@@ -42,8 +42,8 @@ def release_free_memory() -> bool:
 
 
 class Trimmer:
-    """release_free_memory(), at most once every `every` seconds: a call costs a few
-    milliseconds, and the pages it returns must be faulted in again when next used."""
+    """release_free_memory(), at most once every `every` seconds: a call walks the allocator's
+    heaps, and the pages it returns must be faulted in again when next used."""
 
     def __init__(self, every: float = 30.0):
         self.every = every

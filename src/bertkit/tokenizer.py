@@ -346,8 +346,8 @@ def _init_worker(wordpiece: WordPiece, model_max_length: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: no tracebacks from here
     _worker = Tokenizer(wordpiece.vocab, model_max_length=model_max_length)
     _worker.wordpiece = wordpiece  # its settings, and (forked) the parent's warm cache
-    # A parent killed outright cannot stop its workers: they notice and leave by themselves. The
-    # parent is this process's or, under forkserver, the server's, which leaves when this process's does.
+    # A parent killed outright cannot stop its workers: they notice and leave by themselves. The parent
+    # is the tokenizer's process or, under forkserver, the fork server, which leaves when that process does.
     threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
 
 
